@@ -1,0 +1,24 @@
+"""Table schemas: every Delta table declared once, and the conformance check jobs run before writing."""
+
+from schemas.conform import SchemaMismatch, conform
+from schemas.tables import (
+    ALL_TABLES,
+    EVAL_RANKINGS,
+    EVALUATIONS,
+    INTERACTIONS,
+    ITEM_EMBEDDINGS,
+    ITEMS,
+    MODEL_REGISTRY,
+    QUARANTINE,
+    RATIONALES,
+    RECOMMENDATIONS,
+    TRAINING_SAMPLES,
+    USER_HISTORIES,
+    TableSpec,
+)
+
+__all__ = [
+    "ALL_TABLES", "EVALUATIONS", "EVAL_RANKINGS", "INTERACTIONS", "ITEMS", "ITEM_EMBEDDINGS",
+    "MODEL_REGISTRY", "QUARANTINE", "RATIONALES", "RECOMMENDATIONS", "TRAINING_SAMPLES",
+    "USER_HISTORIES", "SchemaMismatch", "TableSpec", "conform",
+]

@@ -1,0 +1,234 @@
+"""Every Delta table of the product, declared once (DESIGN.md, "Tables").
+
+A `TableSpec` carries the table's name (also its folder under the warehouse), its Spark schema,
+its key, its partition columns and a one-line description that the README repeats for analysts.
+Jobs never spell a column list themselves: they build a DataFrame, pass it through
+`schemas.conform` and write it with the helpers in `jobs/delta_io.py`.
+
+Ids are strings everywhere (MovieLens ids are numbers, Amazon's are ASINs); the engine maps
+item ids to rows of its item table itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pyspark.sql.types import (
+    ArrayType,
+    DateType,
+    DoubleType,
+    FloatType,
+    IntegerType,
+    LongType,
+    MapType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    schema: StructType
+    key: tuple[str, ...]
+    partition_by: tuple[str, ...] = ()
+    description: str = ""
+    columns_doc: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def column_names(self) -> list[str]:
+        return [f.name for f in self.schema.fields]
+
+
+def _f(name: str, dtype, nullable: bool = True) -> StructField:
+    return StructField(name, dtype, nullable)
+
+
+_S, _TS, _D = StringType(), TimestampType(), DateType()
+
+INTERACTIONS = TableSpec(
+    name="interactions",
+    schema=StructType([
+        _f("user_id", _S, False),
+        _f("item_id", _S, False),
+        _f("ts", _TS, False),
+        _f("rating", FloatType()),
+        _f("source", _S, False),
+        _f("ingested_at", _TS, False),
+    ]),
+    key=("user_id", "item_id", "ts"),
+    description="One row per accepted user-item event (rating/review/purchase), UTC time.",
+)
+
+ITEMS = TableSpec(
+    name="items",
+    schema=StructType([
+        _f("item_id", _S, False),
+        _f("title", _S, False),
+        _f("attributes", MapType(_S, _S)),
+        _f("source", _S, False),
+        _f("ingested_at", _TS, False),
+    ]),
+    key=("item_id",),
+    description="The catalogue: title plus free-form attributes (year, genres, price, ...).",
+)
+
+QUARANTINE = TableSpec(
+    name="quarantine",
+    schema=StructType([
+        _f("source", _S, False),
+        _f("row_hash", _S, False),
+        _f("file", _S, False),
+        _f("line_no", LongType()),
+        _f("raw", _S),
+        _f("reason", _S, False),
+        _f("ingest_date", _D, False),
+        _f("ingested_at", _TS, False),
+    ]),
+    key=("source", "row_hash"),
+    partition_by=("ingest_date",),
+    description="Input rows that were refused, with the reason; nothing read is ever dropped silently.",
+)
+
+_HISTORY_FIELDS = [
+    _f("history_item_ids", ArrayType(_S, False), False),
+    _f("history_titles", ArrayType(_S, True), False),
+    _f("history_ratings", ArrayType(FloatType(), True), False),
+    _f("history_ts", ArrayType(_TS, False), False),
+]
+
+USER_HISTORIES = TableSpec(
+    name="user_histories",
+    schema=StructType([
+        _f("as_of_date", _D, False),
+        _f("user_id", _S, False),
+        *_HISTORY_FIELDS,
+        _f("history_len", IntegerType(), False),
+        _f("last_ts", _TS, False),
+        _f("history_hash", _S, False),
+    ]),
+    key=("as_of_date", "user_id"),
+    partition_by=("as_of_date",),
+    description="Each user's latest <=20 items up to the end of as_of_date (UTC), oldest first.",
+)
+
+TRAINING_SAMPLES = TableSpec(
+    name="training_samples",
+    schema=StructType([
+        _f("sample_id", _S, False),
+        _f("user_id", _S, False),
+        _f("position", IntegerType(), False),
+        *_HISTORY_FIELDS,
+        _f("target_item_id", _S, False),
+        _f("target_ts", _TS, False),
+        _f("target_rating", FloatType()),
+        _f("split", _S, False),
+    ]),
+    key=("sample_id",),
+    partition_by=("split",),
+    description="(previous <=20 items -> next item) samples, globally split 80/10/10 by target time.",
+)
+
+ITEM_EMBEDDINGS = TableSpec(
+    name="item_embeddings",
+    schema=StructType([
+        _f("model_version", _S, False),
+        _f("item_id", _S, False),
+        _f("embedding", ArrayType(FloatType(), False), False),
+        _f("created_at", _TS, False),
+    ]),
+    key=("model_version", "item_id"),
+    partition_by=("model_version",),
+    description="H_V: the model's last-token hidden state of each item prompt (not normalised).",
+)
+
+RECOMMENDATIONS = TableSpec(
+    name="recommendations",
+    schema=StructType([
+        _f("run_date", _D, False),
+        _f("user_id", _S, False),
+        _f("rank", IntegerType(), False),
+        _f("item_id", _S, False),
+        _f("score", FloatType(), False),
+        _f("model_version", _S, False),
+    ]),
+    key=("run_date", "user_id", "rank"),
+    partition_by=("run_date",),
+    description="Top-k per user and run date; score = cosine(h_T, h_v) / tau; history items never appear.",
+)
+
+RATIONALES = TableSpec(
+    name="rationales",
+    schema=StructType([
+        _f("run_date", _D, False),
+        _f("user_id", _S, False),
+        _f("text", _S, False),
+        _f("tokens", IntegerType(), False),
+        _f("history_hash", _S, False),
+        _f("fallback", _S),
+        _f("model_version", _S, False),
+    ]),
+    key=("run_date", "user_id"),
+    partition_by=("run_date",),
+    description="The reasoning the model wrote before recommending (empty with --no-reasoning).",
+)
+
+EVALUATIONS = TableSpec(
+    name="evaluations",
+    schema=StructType([
+        _f("model_version", _S, False),
+        _f("dataset", _S, False),
+        _f("split", _S, False),
+        _f("metric", _S, False),
+        _f("k", IntegerType(), False),
+        _f("value", DoubleType(), False),
+        _f("n_samples", LongType(), False),
+        _f("mode", _S, False),
+        _f("evaluated_at", _TS, False),
+    ]),
+    key=("model_version", "dataset", "split", "metric", "k"),
+    description="Offline metrics (hit, ndcg at k) of a model on a split, paper protocol.",
+)
+
+EVAL_RANKINGS = TableSpec(
+    name="eval_rankings",
+    schema=StructType([
+        _f("model_version", _S, False),
+        _f("split", _S, False),
+        _f("sample_id", _S, False),
+        _f("rank", IntegerType(), False),
+        _f("item_id", _S, False),
+        _f("score", FloatType(), False),
+    ]),
+    key=("model_version", "split", "sample_id", "rank"),
+    partition_by=("model_version",),
+    description="Ranked lists behind `evaluations`, so anyone can recompute the metrics.",
+)
+
+MODEL_REGISTRY = TableSpec(
+    name="model_registry",
+    schema=StructType([
+        _f("model_version", _S, False),
+        _f("path", _S, False),
+        _f("status", _S, False),  # candidate | champion | rejected | retired
+        _f("parent_version", _S),
+        _f("stage", _S, False),  # build | warmstart | recpo
+        _f("valid_ndcg10", DoubleType()),
+        _f("metrics_json", _S),
+        _f("config_json", _S),
+        _f("created_at", _TS, False),
+        _f("updated_at", _TS, False),
+    ]),
+    key=("model_version",),
+    description="Every trained model; exactly one row has status 'champion', the one scoring uses.",
+)
+
+ALL_TABLES: dict[str, TableSpec] = {
+    t.name: t
+    for t in (
+        INTERACTIONS, ITEMS, QUARANTINE, USER_HISTORIES, TRAINING_SAMPLES, ITEM_EMBEDDINGS,
+        RECOMMENDATIONS, RATIONALES, EVALUATIONS, EVAL_RANKINGS, MODEL_REGISTRY,
+    )
+}
