@@ -235,7 +235,7 @@ def read_amazon2023(spark: SparkSession, reviews: str, meta: str, paper_filters:
             .when(title.contains("<span id"), F.lit("paper filter: title contains '<span id'"))
             .when(F.size(F.split(title, r"\s+")) > 20, F.lit("paper filter: title over 20 words"))
             .when(F.length(title) <= 1, F.lit("paper filter: title of <=1 character"))
-            .when(F.col("j.price").isNull() | F.col("j.price").cast("double").isNull(),
+            .when(F.col("j.price").isNull() | F.col("j.price").try_cast("double").isNull(),
                   F.lit("paper filter: price is not numeric"))
         )
     items = m.select(
@@ -284,10 +284,10 @@ def validate_items(items: DataFrame) -> tuple[DataFrame, DataFrame]:
 def validate_interactions(inter: DataFrame, known_items: DataFrame) -> tuple[DataFrame, DataFrame]:
     """(accepted: user_id, item_id, ts, rating) and (refused: file, line_no, raw, reason).
     `known_items` has one column, item_id: the catalogue the events may refer to."""
-    seconds = F.col("ts_raw").cast("double") / F.when(F.col("ts_unit") == "ms", 1000.0).otherwise(1.0)
+    seconds = F.col("ts_raw").try_cast("double") / F.when(F.col("ts_unit") == "ms", 1000.0).otherwise(1.0)
     df = (
         inter.filter(F.col("pre_reason").isNull())
-        .withColumn("_sec", seconds).withColumn("_rating", F.col("rating_raw").cast("double"))
+        .withColumn("_sec", seconds).withColumn("_rating", F.col("rating_raw").try_cast("double"))
         .join(known_items.select("item_id", F.lit(True).alias("_known")), "item_id", "left")
     )
     reason = (

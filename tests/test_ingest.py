@@ -1,0 +1,194 @@
+"""jobs/ingest.py on real ML-100k, on a bad-input fixture, and on the other two formats."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from deltalake import DeltaTable
+
+from jobs import ingest
+from tests.conftest import delta_version
+
+pytestmark = pytest.mark.spark
+
+
+def _table(wh: Path, name: str):
+    return DeltaTable(str(wh / name)).to_pandas()
+
+
+def test_ml100k_counts(ml_warehouse):
+    inter = _table(ml_warehouse, "interactions")
+    items = _table(ml_warehouse, "items")
+    assert len(inter) == 100_000
+    assert inter["user_id"].nunique() == 943
+    assert len(items) == 1_682
+    assert set(inter["item_id"]) <= set(items["item_id"])
+    assert _table(ml_warehouse, "quarantine").empty
+    toy = items.set_index("item_id").loc["1"]
+    assert toy["title"] == "Toy Story" and dict(toy["attributes"])["year"] == "1995"
+
+
+def test_second_ingest_changes_nothing(spark, ml_warehouse, ml100k_dir, capsys):
+    before = {t: delta_version(ml_warehouse / t) for t in ("interactions", "items", "quarantine")}
+    snapshot = _table(ml_warehouse, "interactions").sort_values(["user_id", "item_id", "ts"])
+    assert ingest.main(["--source", "ml-100k", "--path", str(ml100k_dir),
+                        "--warehouse", str(ml_warehouse)]) == 0
+    out = capsys.readouterr().out
+    assert "ml-100k.inter: read 100,000 = accepted 100,000 + quarantined 0" in out
+    assert "interactions: inserted 0, updated 0" in out
+    after = {t: delta_version(ml_warehouse / t) for t in before}
+    assert after == before, "an identical re-ingest must not even commit"
+    again = _table(ml_warehouse, "interactions").sort_values(["user_id", "item_id", "ts"])
+    assert again.reset_index(drop=True).equals(snapshot.reset_index(drop=True))
+
+
+ITEM_HEADER = "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq"
+INTER_HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float"
+GOOD_TS = 881250949
+
+
+def _write_bad_fixture(folder: Path) -> dict[str, Counter]:
+    """Atomic files with a known number of bad rows of each kind; returns the expected reasons."""
+    items = [ITEM_HEADER] + [f"{i}\tMovie {i}\t199{i}\tDrama" for i in range(1, 6)]
+    items += [
+        "6\t\t1990\tDrama",            # missing title
+        "2\tOther title\t1991\tComedy",  # duplicate item id
+        "7\tOnly two fields",           # wrong field count
+    ]
+    item_bytes = ("\n".join(items) + "\n").encode() + b"8\tCaf\xe9 Society\t1990\tDrama\n"
+    (folder / "bad.item").write_bytes(item_bytes)
+
+    good = [f"{u}\t{i}\t{(u + i) % 5 + 1}\t{GOOD_TS + 60 * (u * 10 + i)}"
+            for u in (10, 11) for i in range(1, 6)]
+    bad = [
+        f"\t1\t4\t{GOOD_TS}",                 # missing user id
+        f"10\t999\t3\t{GOOD_TS}",             # unknown item
+        f"10\t6\t3\t{GOOD_TS}",               # item quarantined above -> unknown item
+        "10\t1\t3\tyesterday",                # unparseable timestamp
+        f"10\t2\tfive\t{GOOD_TS}",            # unparseable rating
+        f"10\t2\t55\t{GOOD_TS + 1}",          # rating out of range
+        "10\t2\t3\t12",                       # timestamp out of range (1970)
+        good[0],                              # exact duplicate
+        good[1].rsplit("\t", 2)[0] + f"\t1\t{good[1].rsplit(chr(9), 1)[1]}",  # same key, other rating
+        "u" * 200 + f"\t1\t4\t{GOOD_TS}",      # absurdly long id
+        "10\t1\t4",                           # wrong field count
+    ]
+    inter_bytes = ("\n".join([INTER_HEADER] + good + bad) + "\n").encode()
+    inter_bytes += b"12\t1\t4\t88125\xff0949\n"  # not UTF-8
+    (folder / "bad.inter").write_bytes(inter_bytes)
+    return {
+        "bad.item": Counter({"missing title": 1, "duplicate item id": 1, "expected 4 fields": 1,
+                             "text is not valid UTF-8": 1}),
+        "bad.inter": Counter({"missing user id": 1, "unknown item id": 2,
+                              "unparseable timestamp": 1, "unparseable rating": 1,
+                              "rating out of range": 1, "timestamp out of range": 1,
+                              "exact duplicate": 1, "same user, item and time": 1,
+                              "user id longer than": 1, "expected 4 fields": 1,
+                              "text is not valid UTF-8": 1}),
+    }
+
+
+def _kind(reason: str, kinds) -> str:
+    hits = [k for k in kinds if reason.startswith(k)]
+    assert len(hits) == 1, f"unexpected reason {reason!r}"
+    return hits[0]
+
+
+def test_bad_input_goes_to_quarantine_with_reasons(spark, tmp_path, capsys):
+    data, wh = tmp_path / "in", tmp_path / "wh"
+    data.mkdir()
+    expected = _write_bad_fixture(data)
+    assert ingest.main(["--source", "ml-100k", "--path", str(data), "--warehouse", str(wh)]) == 0
+    out = capsys.readouterr().out
+    assert "bad.item: read 9 = accepted 5 + quarantined 4" in out
+    assert "bad.inter: read 22 = accepted 10 + quarantined 12" in out
+
+    q = _table(wh, "quarantine")
+    for file, want in expected.items():
+        got = Counter(_kind(r, want) for r in q[q["file"] == file]["reason"])
+        assert got == want, file
+    assert q["line_no"].notna().all() and q["row_hash"].is_unique
+    dup = q[q["reason"].str.startswith("exact duplicate")].iloc[0]
+    assert dup["reason"] == "exact duplicate of line 2" and dup["line_no"] == 19
+    assert len(_table(wh, "interactions")) == 10 and len(_table(wh, "items")) == 5
+
+    # Re-ingesting the same bad files adds nothing anywhere.
+    versions = {t: delta_version(wh / t) for t in ("interactions", "items", "quarantine")}
+    assert ingest.main(["--source", "ml-100k", "--path", str(data), "--warehouse", str(wh)]) == 0
+    assert {t: delta_version(wh / t) for t in versions} == versions
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "no_columns"])
+def test_unusable_file_stops_before_writing(spark, tmp_path, capsys, case):
+    data, wh = tmp_path / "in", tmp_path / "wh"
+    data.mkdir()
+    (data / "x.item").write_text(ITEM_HEADER + "\n1\tA\t1990\tDrama\n")
+    if case == "empty":
+        (data / "x.inter").write_text("")
+    elif case == "no_columns":
+        (data / "x.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n1\t1\t5\n")
+    with pytest.raises(SystemExit) as e:
+        ingest.cli.run(ingest.main, ["--source", "ml-100k", "--path", str(data),
+                                     "--warehouse", str(wh)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) >= 1
+    msg = err[-1]
+    assert msg.startswith("error: ") and "inter" in msg
+    assert {"missing": "file not found", "empty": "file is empty",
+            "no_columns": "missing required column(s) rating"}[case] in msg
+    assert not wh.exists() or not any(wh.iterdir()), "nothing may be written"
+
+
+def test_movielens_raw_format(spark, tmp_path):
+    data, wh = tmp_path / "in", tmp_path / "wh"
+    data.mkdir()
+    flags = ["0"] * 19
+    flags[3] = flags[5] = "1"  # Animation, Comedy
+    (data / "u.item").write_bytes(
+        ("1|Toy Story (1995)|01-Jan-1995||http://x|" + "|".join(flags) + "\n").encode("latin-1")
+        + "2|Cité des enfants perdus, La (1995)|01-Jan-1995||http://y|".encode("latin-1")
+        + ("|".join(["0"] * 19) + "\n").encode()
+    )
+    (data / "u.data").write_text(f"1\t1\t5\t{GOOD_TS}\n1\t2\t3\t{GOOD_TS + 5}\n2\t1\tx\t{GOOD_TS}\n")
+    assert ingest.main(["--source", "movielens", "--path", str(data), "--warehouse", str(wh)]) == 0
+    items = _table(wh, "items").set_index("item_id")
+    assert items.loc["2", "title"] == "Cité des enfants perdus, La (1995)"  # latin-1 decoded
+    assert dict(items.loc["1", "attributes"])["genres"] == "Animation Comedy"
+    assert len(_table(wh, "interactions")) == 2
+    assert list(_table(wh, "quarantine")["reason"]) == ["unparseable rating 'x'"]
+
+
+def test_amazon2023_format(spark, tmp_path):
+    data, wh = tmp_path / "in", tmp_path / "wh"
+    data.mkdir()
+    meta = [
+        {"parent_asin": "B1", "title": "Guitar Strings", "price": 9.99, "average_rating": 4.5,
+         "rating_number": 10, "description": ["Bright tone."], "categories": ["Music", "Strings"],
+         "main_category": "Musical Instruments"},
+        {"parent_asin": "B2", "title": "Capo", "price": "None", "description": []},  # paper filter
+        {"parent_asin": "B3", "title": "x", "price": 1.0},                          # paper filter
+    ]
+    reviews = [
+        {"user_id": "U1", "parent_asin": "B1", "asin": "B1a", "rating": 5.0,
+         "timestamp": GOOD_TS * 1000},
+        {"user_id": "U1", "parent_asin": "B2", "asin": "B2", "rating": 4.0,
+         "timestamp": GOOD_TS * 1000 + 5},
+    ]
+    (data / "meta.jsonl").write_text("\n".join(json.dumps(m) for m in meta) + "\n")
+    (data / "reviews.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in reviews) + "\n{not json\n")
+    assert ingest.main(["--source", "amazon2023", "--reviews", str(data / "reviews.jsonl"),
+                        "--meta", str(data / "meta.jsonl"), "--warehouse", str(wh)]) == 0
+    items = _table(wh, "items")
+    assert list(items["item_id"]) == ["B1"]
+    attrs = dict(items.iloc[0]["attributes"])
+    assert attrs["price"] == "9.99" and attrs["categories"] == "Music > Strings"
+    inter = _table(wh, "interactions")
+    assert list(inter["item_id"]) == ["B1"] and inter.iloc[0]["rating"] == 5.0
+    reasons = sorted(_table(wh, "quarantine")["reason"])
+    assert reasons == ["paper filter: price is not numeric", "paper filter: title of <=1 character",
+                       "unknown item id 'B2'", "unparseable JSON"]

@@ -1,0 +1,53 @@
+"""schemas.conform: what it refuses, and that it fixes column order and safe widenings."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from schemas import ALL_TABLES, INTERACTIONS, SchemaMismatch, conform
+
+pytestmark = pytest.mark.spark
+NOW = datetime(2026, 1, 1)
+COLS = "user_id string, item_id string, ts timestamp, rating float, source string, ingested_at timestamp"
+
+
+def test_every_table_key_and_partition_columns_exist():
+    for spec in ALL_TABLES.values():
+        assert set(spec.key) <= set(spec.column_names), spec.name
+        assert set(spec.partition_by) <= set(spec.column_names), spec.name
+        assert spec.description
+
+
+def _df(spark, rows, cols):
+    return spark.createDataFrame(rows, cols)
+
+
+def test_conform_reorders_and_accepts(spark):
+    df = _df(spark, [(NOW, "u", "i", 4.0, "s", NOW)],
+             "ingested_at timestamp, user_id string, item_id string, rating double, source string, "
+             "ts timestamp")
+    out = conform(df, INTERACTIONS)
+    assert out.columns == INTERACTIONS.column_names
+    assert dict(out.dtypes)["rating"] == "float"
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda df: df.drop("source"), "missing column 'source'"),
+    (lambda df: df.withColumn("extra", df.user_id), "unexpected column 'extra'"),
+    (lambda df: df.withColumn("ts", df.user_id), "column 'ts' is string"),
+])
+def test_conform_refuses_shape(spark, mutate, message):
+    df = _df(spark, [("u", "i", NOW, 4.0, "s", NOW)], COLS)
+    with pytest.raises(SchemaMismatch, match=message):
+        conform(mutate(df), INTERACTIONS)
+
+
+def test_conform_refuses_nulls_and_duplicate_keys(spark):
+    cols = COLS
+    with pytest.raises(SchemaMismatch, match="null value.*'item_id'"):
+        conform(_df(spark, [("u", None, NOW, 4.0, "s", NOW)], cols), INTERACTIONS)
+    dup = _df(spark, [("u", "i", NOW, 4.0, "s", NOW), ("u", "i", NOW, 5.0, "s", NOW)], cols)
+    with pytest.raises(SchemaMismatch, match="not unique"):
+        conform(dup, INTERACTIONS)
