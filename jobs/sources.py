@@ -138,8 +138,14 @@ def read_ml100k_atomic(spark: SparkSession, folder: str) -> Candidates:
         F.struct(F.lit(name).alias("k"), F.substring(_field(k), 1, MAX_ATTR_CHARS).alias("v"))
         for name, k in extra
     ])) if extra else F.create_map().cast("map<string,string>")
+    # Titles carry the year, "Toy Story (1995)", as in GroupLens' own u.item: it tells remakes apart.
+    title = _field(ti)
+    if "release_year" in th:
+        year = _field(th.index("release_year"))
+        title = F.when(year.rlike(r"^\d{4}$") & ~title.endswith(F.format_string("(%s)", year)),
+                       F.format_string("%s (%s)", title, year)).otherwise(title)
     items = _delimited(tl, "\t", len(th), skip_header=True).select(
-        "file", "line_no", "raw", _field(ii).alias("item_id"), _field(ti).alias("title"),
+        "file", "line_no", "raw", _field(ii).alias("item_id"), title.alias("title"),
         attrs.alias("attributes"), "pre_reason",
     )
     return Candidates(inter, items, {"interactions": inter_path, "items": item_path})

@@ -50,3 +50,49 @@ def delta_version(path: Path) -> int:
     from deltalake import DeltaTable
 
     return DeltaTable(str(path)).version()
+
+
+def synthetic_catalog(n_items: int = 40, n_users: int = 30, seed: int = 0):
+    """Small items/samples frames with the tables' columns, for engine tests without Spark."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    genres = ["Drama", "Comedy", "Action", "Horror", "Romance"]
+    items = pd.DataFrame({
+        "item_id": [str(i) for i in range(1, n_items + 1)],
+        "title": [f"Film number {i} ({1980 + i % 20})" for i in range(1, n_items + 1)],
+        "attributes": [{"genres": genres[i % 5], "year": str(1980 + i % 20)}
+                       for i in range(1, n_items + 1)],
+    })
+    rows = []
+    t0 = pd.Timestamp("1998-01-01")
+    for u in range(n_users):
+        seq = rng.choice(n_items, size=8, replace=False) + 1
+        ts = [t0 + pd.Timedelta(days=int(d)) for d in sorted(rng.integers(0, 300, size=8))]
+        for p in range(1, len(seq)):
+            h = slice(max(0, p - 20), p)
+            rows.append({
+                "sample_id": f"{u}:{p:05d}", "user_id": str(u), "position": p,
+                "history_item_ids": [str(x) for x in seq[h]],
+                "history_titles": [f"Film number {x} ({1980 + x % 20})" for x in seq[h]],
+                "history_ratings": [float(rng.integers(1, 6)) for _ in seq[h]],
+                "history_ts": ts[h], "target_item_id": str(seq[p]), "target_ts": ts[p],
+                "target_rating": 4.0,
+            })
+    samples = pd.DataFrame(rows)
+    samples["split"] = "train"
+    return items, samples
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A default-architecture model (smaller) built offline from a synthetic catalogue."""
+    from r2ec.config import DefaultModelConfig
+    from r2ec.default_model import build
+
+    items, samples = synthetic_catalog()
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    build(items, samples, out, DefaultModelConfig(hidden_size=64, num_heads=2, head_dim=32,
+                                                  intermediate_size=128, vocab_size=600))
+    return out

@@ -28,7 +28,7 @@ def test_ml100k_counts(ml_warehouse):
     assert set(inter["item_id"]) <= set(items["item_id"])
     assert _table(ml_warehouse, "quarantine").empty
     toy = items.set_index("item_id").loc["1"]
-    assert toy["title"] == "Toy Story" and dict(toy["attributes"])["year"] == "1995"
+    assert toy["title"] == "Toy Story (1995)" and dict(toy["attributes"])["year"] == "1995"
 
 
 def test_second_ingest_changes_nothing(spark, ml_warehouse, ml100k_dir, capsys):

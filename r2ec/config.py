@@ -1,0 +1,100 @@
+"""Typed configuration of the engine, one help string per field (TRL's GRPOConfig style).
+
+Defaults follow the paper (arXiv 2505.16994) or the authors' code where they differ, as
+../shared/PAPER.md lists; a default of our own says why next to it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def _f(default: Any, help: str, **kw) -> Any:  # noqa: A002 - mirrors argparse
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class PromptConfig:
+    """How user and item prompts are written (PAPER.md §7); saved with each model, because a
+    model only works with the prompts it was trained on."""
+
+    category: str = _f("movie", "singular noun of one catalogue item in the prompts")
+    category_plural: str = _f("movies", "plural noun in the user prompt")
+    verb_past: str = _f("watched", "what the user did ('purchased' in the paper's Amazon prompts)")
+    verb: str = _f("watch", "what the user will do next ('purchase' in the paper)")
+    window: int = _f(20, "history items per user prompt (paper: 20)")
+    max_title_words: int = _f(20, "titles are cut to this many words (the authors drop longer ones)")
+    description_words: int = _f(100, "item descriptions are cut to this many words (authors' code)")
+    item_id_tokens: bool = _f(
+        True, "write '<i{item_id}>' before each title when the tokenizer has that token "
+        "(SMALL_MODEL.md: +12% N@10 for the small model; production backbones have no such tokens)")
+    max_prompt_tokens: int = _f(1024, "oldest history lines are dropped beyond this length")
+
+    @classmethod
+    def for_dataset(cls, name: str) -> PromptConfig:
+        """Category words for the datasets the project knows (the authors' three + MovieLens)."""
+        presets = {
+            "ml-100k": ("movie", "movies", "watched", "watch"),
+            "movielens": ("movie", "movies", "watched", "watch"),
+            "CDs_and_Vinyl": ("CD or vinyl", "CDs and vinyl", "purchased", "purchase"),
+            "Video_Games": ("video game", "video games", "purchased", "purchase"),
+            "Musical_Instruments": ("musical instrument", "musical instruments", "purchased",
+                                    "purchase"),
+        }
+        if name not in presets:
+            raise ValueError(f"no prompt preset for {name!r}; known: {', '.join(presets)}")
+        c, cp, vp, v = presets[name]
+        return cls(category=c, category_plural=cp, verb_past=vp, verb=v)
+
+
+@dataclass
+class SamplingConfig:
+    """How reasonings are generated. Evaluation is greedy (temperature 0), as in the paper."""
+
+    temperature: float = _f(0.0, "0 = greedy; RecPO rollouts use 1.5 (paper) / 2.0 (authors' code)")
+    top_k: int = _f(0, "0 = off; paper rollouts: 200, authors' launch script: 50")
+    top_p: float = _f(1.0, "nucleus sampling mass")
+    max_new_tokens: int = _f(
+        32, "reasoning budget in tokens; <answer> is appended when it runs out (paper: 512 for a "
+        "2-3B model; 32 keeps the small CPU model's scoring fast)")
+    seed: int = _f(0, "torch seed set before each generate call")
+
+
+@dataclass
+class DefaultModelConfig:
+    """The embedded default model: a small Qwen2 whose tokenizer is trained on the catalogue
+    (SMALL_MODEL.md: throughput, not size, limits quality on 2 cores)."""
+
+    hidden_size: int = _f(128, "model width")
+    num_layers: int = _f(2, "decoder layers")
+    num_heads: int = _f(2, "attention heads")
+    head_dim: int = _f(64, "64 keeps the vLLM (incl. the CPU build) door open (STACK.md)")
+    intermediate_size: int = _f(512, "MLP width")
+    vocab_size: int = _f(6000, "BPE vocabulary asked for (the trained one can be smaller)")
+    max_position_embeddings: int = _f(1024, "longest sequence")
+    user_prompts_for_tokenizer: int = _f(3000, "training user prompts added to the BPE corpus")
+    seed: int = _f(0, "initialisation seed")
+
+
+def to_json(cfg: Any) -> str:
+    return json.dumps(asdict(cfg), indent=2, sort_keys=True)
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build `cls` from a dict, refusing keys it does not know (a typo must not pass silently)."""
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}")
+    return cls(**data)
+
+
+def load_json(cls: type[T], path: str | Path) -> T:
+    return from_dict(cls, json.loads(Path(path).read_text()))

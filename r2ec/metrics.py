@@ -1,0 +1,70 @@
+"""Ranking metrics exactly as the paper's evaluation (PAPER.md §2).
+
+One target per sample; full ranking over the whole catalogue; the items of the sample's history
+window are masked (-inf) before ranking, so a target that is in the window is never a hit.
+Hit@K = [rank <= K]; NDCG@K = 1 / log2(rank + 1) if rank <= K else 0 (single target, no IDCG).
+
+Ties: rank = 1 + #items scoring strictly higher + #items scoring equal with a lower row index,
+i.e. a stable sort by score. Popularity-style scores tie a lot; this keeps them deterministic
+and never optimistic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+KS = (5, 10, 20)
+
+
+def target_ranks(scores: np.ndarray, targets: Sequence[int],
+                 exclude: Sequence[Iterable[int]] | None = None) -> np.ndarray:
+    """1-based rank of each target row in `scores` (B, N) after masking `exclude[b]`.
+    A masked target gets rank N + 1 (a miss at every K)."""
+    scores = np.array(scores, dtype=np.float64, copy=True)
+    b, n = scores.shape
+    targets = np.asarray(targets, dtype=np.int64)
+    if len(targets) != b:
+        raise ValueError("one target per row")
+    if exclude is not None:
+        for i, ex in enumerate(exclude):
+            ex = list(ex)
+            if ex:
+                scores[i, ex] = -np.inf
+    t = scores[np.arange(b), targets]
+    higher = (scores > t[:, None]).sum(1)
+    cols = np.arange(n)[None, :]
+    tied_before = ((scores == t[:, None]) & (cols < targets[:, None])).sum(1)
+    ranks = 1 + higher + tied_before
+    return np.where(np.isneginf(t), n + 1, ranks)
+
+
+def metrics_from_ranks(ranks: np.ndarray, ks: Iterable[int] = KS) -> dict[str, float]:
+    ranks = np.asarray(ranks, dtype=np.float64)
+    out = {}
+    for k in ks:
+        hit = ranks <= k
+        out[f"hit@{k}"] = float(hit.mean()) if len(ranks) else 0.0
+        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 1), 0.0).mean()) if len(ranks) else 0.0
+    return out
+
+
+class RankAccumulator:
+    """Collects ranks batch by batch (full-catalogue scoring does not fit in one array)."""
+
+    def __init__(self) -> None:
+        self._ranks: list[np.ndarray] = []
+
+    def add(self, scores: np.ndarray, targets: Sequence[int],
+            exclude: Sequence[Iterable[int]] | None = None) -> np.ndarray:
+        r = target_ranks(scores, targets, exclude)
+        self._ranks.append(r)
+        return r
+
+    @property
+    def ranks(self) -> np.ndarray:
+        return np.concatenate(self._ranks) if self._ranks else np.zeros(0)
+
+    def result(self, ks: Iterable[int] = KS) -> dict[str, float]:
+        return metrics_from_ranks(self.ranks, ks)

@@ -1,0 +1,60 @@
+"""Checkpoints: bit-exact round trip, stable versions, corrupted files refused."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from r2ec import checkpoint
+from r2ec.checkpoint import CheckpointError
+
+
+def test_round_trip_is_bit_exact(tiny_model_dir, tmp_path):
+    model, tok, prompt, manifest = checkpoint.load(tiny_model_dir)
+    again = checkpoint.save(model, tok, tmp_path / "copy", prompt, base_model="test",
+                            extra={"stage": "build"})
+    assert again["model_version"] == manifest["model_version"], "same content, same version"
+    a = load_file(tiny_model_dir / "model.safetensors")
+    b = load_file(tmp_path / "copy" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    m2, *_ = checkpoint.load(tmp_path / "copy")
+    for (n1, p1), (n2, p2) in zip(model.state_dict().items(), m2.state_dict().items(), strict=True):
+        assert n1 == n2 and torch.equal(p1, p2)
+
+
+def test_changed_weights_change_version(tiny_model_dir, tmp_path):
+    model, tok, prompt, manifest = checkpoint.load(tiny_model_dir)
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    other = checkpoint.save(model, tok, tmp_path / "other", prompt, base_model="test")
+    assert other["model_version"] != manifest["model_version"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "no_manifest"])
+def test_damaged_checkpoint_is_refused(tiny_model_dir, tmp_path, damage):
+    d = tmp_path / "ckpt"
+    shutil.copytree(tiny_model_dir, d)
+    weights = d / "model.safetensors"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "flip":
+        raw = bytearray(weights.read_bytes())
+        raw[-100] ^= 0xFF
+        weights.write_bytes(bytes(raw))
+    elif damage == "delete":
+        weights.unlink()
+    else:
+        (d / "manifest.json").unlink()
+    expected = {"truncate": "model.safetensors is corrupted or truncated",
+                "flip": "model.safetensors is corrupted or truncated",
+                "delete": "model.safetensors is missing", "no_manifest": "not an R²ec checkpoint"}
+    with pytest.raises(CheckpointError, match=expected[damage]):
+        checkpoint.load(d)
+
+
+def test_files_are_world_readable(tiny_model_dir):
+    for p in tiny_model_dir.iterdir():
+        assert p.stat().st_mode & 0o044 == 0o044, p.name

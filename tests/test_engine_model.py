@@ -1,0 +1,137 @@
+"""The dual-head model: hidden states, padding, prompts, generation, the default model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from r2ec.config import SamplingConfig
+from r2ec.data import Catalog, histories, times
+from r2ec.model import R2ec
+from r2ec.modeling import last_token_states, pad_batch
+from r2ec.prompts import ANSWER, age
+from tests.conftest import synthetic_catalog
+
+
+@pytest.fixture(scope="module")
+def r2ec(tiny_model_dir) -> R2ec:
+    return R2ec.load(tiny_model_dir, device="cpu", batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def data():
+    items, samples = synthetic_catalog()
+    return Catalog.from_frame(items), samples
+
+
+def _manual(model, seq) -> np.ndarray:
+    """One unpadded forward pass, hidden state of the final layer at the last token."""
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([seq]), output_hidden_states=True)
+    return out.hidden_states[-1][0, -1].numpy()
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_last_token_state_ignores_padding(r2ec, data, side):
+    cat, samples = data
+    s = samples.head(5)
+    seqs = r2ec.user_sequences(r2ec.user_prompts(histories(s), times(s["target_ts"])), None)
+    seqs[1] = seqs[1][:-17]  # different lengths in one batch
+    assert len({len(x) for x in seqs}) > 1
+    ids, mask = pad_batch(seqs, r2ec.tokenizer.pad_token_id, side)
+    with torch.no_grad():
+        batched = last_token_states(r2ec.model, ids, mask).numpy()
+    for i, seq in enumerate(seqs):
+        np.testing.assert_allclose(batched[i], _manual(r2ec.model, seq), atol=2e-5, rtol=1e-4)
+
+
+def test_user_state_matches_manual_forward(r2ec, data):
+    _, samples = data
+    s = samples.head(6)
+    prompts = r2ec.user_prompts(histories(s), times(s["target_ts"]))
+    gens = r2ec.reason(prompts, sampling=SamplingConfig(max_new_tokens=5))
+    h = r2ec.user_state(prompts, [g[0] for g in gens])
+    for i, (p, g) in enumerate(zip(prompts, gens, strict=True)):
+        seq = list(p) + list(g[0].token_ids) + [r2ec.answer_id]
+        np.testing.assert_allclose(h[i], _manual(r2ec.model, seq), atol=2e-5, rtol=1e-4)
+
+
+def test_item_encodings_equal_single_encodings(r2ec, data):
+    cat, _ = data
+    prompts = r2ec.item_prompts(cat.ids[:9], cat.titles[:9], cat.attributes[:9])
+    batch = r2ec.encode_items(prompts)
+    for i in (0, 4, 8):
+        np.testing.assert_allclose(batch[i], r2ec.encode_items([prompts[i]])[0], atol=2e-5,
+                                   rtol=1e-4)
+
+
+def test_prompts_follow_the_paper(r2ec, data):
+    cat, samples = data
+    item = r2ec.tokenizer.decode(r2ec.item_prompts(cat.ids[:1], cat.titles[:1], cat.attributes[:1])[0])
+    assert item.startswith("<|im_start|>user\nSummarize key attributes of the following movie")
+    assert "Title: <i1> Film number 1 (1981)" in item and item.endswith(f"assistant\n{ANSWER}")
+    s = samples.head(1)
+    user = r2ec.tokenizer.decode(r2ec.user_prompts(histories(s), times(s["target_ts"]))[0])
+    assert "recommend the next movie I might watch inside <answer> and </answer>" in user
+    first = s.iloc[0]
+    line = f": [<i{first['history_item_ids'][0]}> {first['history_titles'][0]}] ("
+    assert line in user and user.endswith("<|im_start|>assistant\n")
+
+
+def test_age_buckets():
+    day = 86400
+    assert [age(x * day) for x in (0.5, 1, 3, 13, 14, 20, 70, 400, 800)] == [
+        "today", "1 day ago", "3 days ago", "13 days ago", "2 weeks ago", "2 weeks ago",
+        "2 months ago", "13 months ago", "2 years ago"]
+
+
+def test_generation_stops_at_answer_and_is_seeded(r2ec, data):
+    _, samples = data
+    s = samples.head(4)
+    prompts = r2ec.user_prompts(histories(s), times(s["target_ts"]))
+    sampling = SamplingConfig(temperature=1.5, top_k=50, max_new_tokens=8, seed=7)
+    a = r2ec.reason(prompts, n=3, sampling=sampling)
+    b = r2ec.reason(prompts, n=3, sampling=sampling)
+    assert [[g.token_ids for g in x] for x in a] == [[g.token_ids for g in x] for x in b]
+    for per_user in a:
+        assert len(per_user) == 3
+        for g in per_user:
+            assert len(g.token_ids) <= 8 and r2ec.answer_id not in g.token_ids
+    seqs = r2ec.user_sequences(prompts, [x[0] for x in a])
+    assert all(r2ec.tokenizer.decode(s).endswith(ANSWER) for s in seqs)
+    with pytest.raises(ValueError, match="temperature"):
+        r2ec.reason(prompts, n=2, sampling=SamplingConfig(temperature=0))
+
+
+def test_no_reasoning_mode_reads_state_after_the_prompt(r2ec, data):
+    _, samples = data
+    s = samples.head(2)
+    prompts = r2ec.user_prompts(histories(s), times(s["target_ts"]))
+    h = r2ec.user_state(prompts, None)
+    np.testing.assert_allclose(h[0], _manual(r2ec.model, prompts[0] + [r2ec.answer_id]),
+                               atol=2e-5, rtol=1e-4)
+
+
+def test_score_is_cosine_over_tau():
+    rng = np.random.default_rng(0)
+    h, H = rng.normal(size=(3, 8)), rng.normal(size=(5, 8))
+    cos = (h / np.linalg.norm(h, axis=1, keepdims=True)) @ (H / np.linalg.norm(H, axis=1, keepdims=True)).T
+    np.testing.assert_allclose(R2ec.score(h, H), cos / 0.02, rtol=1e-5)
+    torch_scores = R2ec.score(torch.tensor(h), torch.tensor(H)).numpy()
+    np.testing.assert_allclose(torch_scores, cos / 0.02, rtol=1e-5)
+
+
+def test_default_tokenizer_round_trips_through_autotokenizer(r2ec, tiny_model_dir, data):
+    _, samples = data
+    s = samples.head(3)
+    prompts = r2ec.user_prompts(histories(s), times(s["target_ts"]))
+    reloaded = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for p in prompts:
+        text = r2ec.tokenizer.decode(p)
+        assert reloaded(text, add_special_tokens=False)["input_ids"] == p
+    assert reloaded.padding_side == "left"
+    assert len(reloaded) == r2ec.model.get_input_embeddings().weight.shape[0]
+    assert r2ec.model.config.head_dim * r2ec.model.config.num_attention_heads == \
+        r2ec.model.config.hidden_size
