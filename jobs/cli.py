@@ -57,3 +57,44 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
         print(f"error: {e}", file=sys.stderr)
         code = 2
     sys.exit(code or 0)
+
+
+def add_dataclass_args(p: argparse.ArgumentParser, cls, prefix: str = "", group: str | None = None) -> None:
+    """One --flag per dataclass field (nested dataclasses get a prefix), help from the field's
+    metadata, defaults shown; `dataclass_from_args` reads them back."""
+    import dataclasses
+
+    g = p.add_argument_group(group or cls.__name__)
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if dataclasses.is_dataclass(default):
+            add_dataclass_args(p, type(default), f"{prefix}{f.name}-", f"{cls.__name__}.{f.name}")
+            continue
+        flag = f"--{prefix}{f.name}".replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        if isinstance(default, bool):
+            g.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes", "on"),
+                           default=default, metavar="BOOL", help=help_text)
+        elif isinstance(default, list):
+            g.add_argument(flag, type=lambda s: s.split(","), default=default, metavar="A,B",
+                           help=help_text)
+        else:
+            g.add_argument(flag, type=type(default), default=default, help=help_text)
+
+
+def dataclass_from_args(args: argparse.Namespace, cls, prefix: str = ""):
+    import dataclasses
+
+    kw = {}
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if dataclasses.is_dataclass(default):
+            kw[f.name] = dataclass_from_args(args, type(default), f"{prefix}{f.name}_")
+        else:
+            kw[f.name] = getattr(args, f"{prefix}{f.name}")
+    return cls(**kw)
+
+
+def spark_to_pandas(df):
+    """toPandas with Arrow; arrays of timestamps come back as numpy datetime64 values."""
+    return df.toPandas()

@@ -13,6 +13,7 @@ truncated checkpoint is refused with an error naming the file, never loaded sile
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import os
@@ -73,7 +74,8 @@ def save(model, tokenizer, out_dir: str | Path, prompt: PromptConfig,
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "merge_and_unload"):  # peft: store a plain model that anything can load
-        model = model.merge_and_unload()
+        # Merge a copy: merging in place would end LoRA training of the live model.
+        model = copy.deepcopy(model).merge_and_unload()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)

@@ -39,13 +39,14 @@ class R2ec:
     def __init__(self, model, tokenizer, prompt: PromptConfig, *, tau: float = DEFAULT_TAU,
                  device: str | torch.device | None = None, backend: str = "transformers",
                  model_dir: str | Path | None = None, model_version: str = "unversioned",
-                 batch_size: int = 32, progress: bool = False):
+                 batch_size: int = 32, progress: bool = False, base_model: str = "unknown"):
         self.device = pick_device(str(device) if device else None)
         self.model = model.to(self.device)
         self.tokenizer = tokenizer
         self.prompt_cfg = prompt
         self.tau = tau
         self.model_version = model_version
+        self.base_model = base_model
         self.model_dir = Path(model_dir) if model_dir else None
         vocab = tokenizer.get_vocab()
         if ANSWER not in vocab:
@@ -62,7 +63,22 @@ class R2ec:
              dtype=None, **kw) -> R2ec:
         model, tok, prompt, manifest = checkpoint.load(model_dir, dtype=dtype)
         return cls(model, tok, prompt, device=device, backend=backend, model_dir=model_dir,
-                   model_version=manifest["model_version"], **kw)
+                   model_version=manifest["model_version"],
+                   base_model=manifest.get("base_model", "unknown"), **kw)
+
+    def set_model(self, model) -> None:
+        """Swap the torch model (e.g. for a LoRA-wrapped one); the backend follows."""
+        self.model = model
+        if hasattr(self.backend, "model"):
+            self.backend.model = model
+
+    def save(self, out_dir: str | Path, stage: str, extra: dict | None = None) -> dict:
+        """Checkpoint the current weights (LoRA merged into a copy); returns the manifest."""
+        manifest = checkpoint.save(
+            self.model, self.tokenizer, out_dir, self.prompt_cfg,
+            base_model=self.base_model, extra={"stage": stage, "parent_version": self.model_version,
+                                               **(extra or {})})
+        return manifest
 
     # -- prompts -> token ids ----------------------------------------------------------------
     def _encode(self, text: str) -> list[int]:

@@ -47,17 +47,19 @@ def last_index(mask: torch.Tensor) -> torch.Tensor:
     return width - 1 - mask.flip(-1).argmax(-1)
 
 
-def decoder_of(model: nn.Module) -> nn.Module:
-    """The transformer stack without the LM head (works through a peft wrapper too)."""
-    return model.get_decoder()
+def hidden_states(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, d) final-layer, final-norm hidden states. Goes through the model's own forward (so
+    DDP/accelerate wrappers see it) with logits for one position only: the LM head over the
+    whole sequence would cost about as much as the model itself."""
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids(mask),
+                output_hidden_states=True, logits_to_keep=1, use_cache=False)
+    return out.hidden_states[-1]
 
 
 def last_token_states(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, d) final-layer, final-norm hidden state at each row's last real token. Gradient flows
-    when called outside `torch.no_grad()` (training)."""
-    out = decoder_of(model)(input_ids=input_ids, attention_mask=mask,
-                            position_ids=position_ids(mask), use_cache=False)
-    hidden = out.last_hidden_state
+    """(B, d) hidden state at each row's last real token. Gradient flows when called outside
+    `torch.no_grad()` (training)."""
+    hidden = hidden_states(model, input_ids, mask)
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index(mask)]
 
 

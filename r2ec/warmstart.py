@@ -1,0 +1,208 @@
+"""Stage 0: the no-reasoning warm start (the paper's "w/o reasoning" ablation, Table 2).
+
+h_T is read straight after the user prompt (assistant turn pre-filled with <answer>) and trained
+contrastively against item states, with no generation:
+
+- in-batch loss: softmax over the batch's target items, encoded with gradient (the paper's item
+  loss, which is also what trains the item side);
+- catalogue loss: softmax over the whole detached item table, history masked: the protocol
+  ranks the whole catalogue (SMALL_MODEL.md: +7%);
+- line loss (ours, optional): the state at the end of every history line predicts the next
+  history item against the detached table. One causal pass then carries ~20 targets instead
+  of one, as SASRec's training does; inference still reads only h_T. SMALL_MODEL.md names this
+  the most promising lever for a small CPU model.
+
+    bin/r2ec-submit jobs/train_recpo.py --stage warmstart --model models/default --out models/ws
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from r2ec.data import Catalog, histories, times
+from r2ec.model import R2ec
+from r2ec.modeling import hidden_states, last_index, last_token_states, pad_batch
+from r2ec.training import (
+    EpochOrder, ItemTable, LoraSettings, MetricsLog, StepCounter, apply_lora, cosine_with_warmup,
+    evaluate_r2ec,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _h(text: str, **kw):
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class WarmStartConfig:
+    epochs: float = _h("passes over the train split", default=2.0)
+    max_minutes: float = _h("stop after this much training time (0 = no limit)", default=0.0)
+    batch_size: int = _h("users per step (SMALL_MODEL.md recipe: 64)", default=64)
+    lr: float = _h("peak AdamW learning rate (recipe: 1e-3; quality rose only below 3e-4 at "
+                   "batch 32, SMALL_MODEL.md)", default=1e-3)
+    min_lr: float = _h("cosine schedule floor", default=1e-4)
+    warmup_steps: int = _h("linear warm-up steps", default=50)
+    weight_decay: float = _h("AdamW weight decay", default=0.01)
+    beta2: float = _h("AdamW beta2 (0.98: small batches, noisy second moments)", default=0.98)
+    grad_clip: float = _h("gradient norm clip", default=1.0)
+    tau: float = _h("temperature of cosine similarity (authors' code: 0.02)", default=0.02)
+    catalogue_loss: bool = _h("add the full-catalogue softmax against the detached table",
+                              default=True)
+    line_loss_weight: float = _h("weight of the per-history-line next-item loss (0 = off)",
+                                 default=1.0)
+    refresh_every: int = _h("steps between full item-table refreshes", default=20)
+    eval_every: int = _h("steps between validation runs", default=200)
+    eval_samples: int = _h("validation samples per run (fixed seeded subset; 0 = all)", default=2000)
+    patience: int = _h("validations without improvement before stopping (0 = never)", default=6)
+    save_every: int = _h("steps between resumable training-state saves", default=200)
+    seed: int = _h("seed of data order and initialisation", default=0)
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA settings"})
+
+
+def in_batch_loss(users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor,
+                  tau: float) -> torch.Tensor:
+    """Softmax over the batch's distinct target items; labels index into `items`."""
+    logits = F.normalize(users, dim=-1) @ F.normalize(items, dim=-1).T / tau
+    return F.cross_entropy(logits, labels)
+
+
+def catalogue_loss(users: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
+                   exclude: list[list[int]] | None, tau: float) -> torch.Tensor:
+    """Softmax over every item of the (normalised, detached) table, history items masked."""
+    logits = F.normalize(users, dim=-1) @ table.T / tau
+    if exclude:
+        mask = torch.zeros_like(logits, dtype=torch.bool)
+        for i, rows in enumerate(exclude):
+            keep = [r for r in rows if r != int(targets[i])]
+            mask[i, keep] = True
+        logits = logits.masked_fill(mask, float("-inf"))
+    return F.cross_entropy(logits, targets)
+
+
+def line_end_ids(tokenizer) -> set[int]:
+    """Ids of the tokens that end a history line ('] (4)\\n' fragments of the default model)."""
+    vocab = tokenizer.get_vocab()
+    ends = {f"] ({r:g})\n" for r in np.arange(0, 10.5, 0.5)}
+    return {i for t, i in vocab.items() if t in ends}
+
+
+def _line_targets(ids: torch.Tensor, hist_rows: list[list[int]], ends: set[int]):
+    """(row, position, next-item row) for each history line end whose next item is known."""
+    out = []
+    for b, rows in enumerate(hist_rows):
+        pos = [p for p, t in enumerate(ids[b].tolist()) if t in ends]
+        nxt = rows[len(rows) - len(pos):] if pos else []  # the last len(pos) items follow a line end
+        if pos and len(nxt) == len(pos):
+            out += [(b, p, r) for p, r in zip(pos, nxt, strict=True)]
+    return out
+
+
+def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_samples: pd.DataFrame,
+          cfg: WarmStartConfig, out_dir, resume: bool = False, progress: bool = True) -> dict:
+    """Train in place; the best model by valid NDCG@10 (no reasoning) is saved in `out_dir/best`."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    out_dir = Path(out_dir)
+    set_seed(cfg.seed)
+    acc = Accelerator(cpu=r2ec.device.type == "cpu")
+    r2ec.set_model(apply_lora(r2ec.model, cfg.lora))
+    model = r2ec.model
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                            betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay)
+    order = EpochOrder(len(train_samples), cfg.batch_size, cfg.seed)
+    total = max(1, int(cfg.epochs * order.steps_per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: cosine_with_warmup(s, cfg.warmup_steps, total, cfg.lr, cfg.min_lr) / cfg.lr)
+    model, opt, sched = acc.prepare(model, opt, sched)
+    counter = StepCounter()
+    acc.register_for_checkpointing(order, counter)
+    state_dir = out_dir / "state"
+    if resume and state_dir.is_dir():
+        acc.load_state(str(state_dir))
+        log.info("resumed at step %d (epoch %d)", counter.step, order.epoch)
+
+    item_prompts = r2ec.item_prompts(catalog.ids, catalog.titles, catalog.attributes)
+    table = ItemTable(r2ec, item_prompts)
+    pad = r2ec.tokenizer.pad_token_id
+    ends = line_end_ids(r2ec.tokenizer) if cfg.line_loss_weight > 0 else set()
+    if cfg.line_loss_weight > 0 and not ends:
+        log.warning("line loss asked for, but this tokenizer has no line-end tokens; it is off")
+    subset = valid_samples if not cfg.eval_samples or cfg.eval_samples >= len(valid_samples) \
+        else valid_samples.sample(n=cfg.eval_samples, random_state=cfg.seed)
+    metrics_log = MetricsLog(out_dir / "metrics.jsonl")
+    start, stopped = time.time(), "steps"
+    bar = tqdm(total=total, initial=counter.step, desc="warm start", disable=not progress)
+    while counter.step < total:
+        step = counter.step
+        if table.table is None or step - table.refreshed_at >= cfg.refresh_every:
+            table.refresh(step)
+        model.train()
+        batch = train_samples.iloc[order.next_batch()]
+        prompts = r2ec.user_prompts(histories(batch), times(batch["target_ts"]))
+        ids, mask = pad_batch(r2ec.user_sequences(prompts, None), pad, "right", r2ec.device)
+        hidden = hidden_states(model, ids, mask)
+        users = hidden[torch.arange(len(batch)), last_index(mask)]
+        targets = [catalog.row[t] for t in batch["target_item_id"]]
+        uniq = sorted(set(targets))
+        item_ids, item_mask = pad_batch([item_prompts[r] for r in uniq], pad, "right", r2ec.device)
+        items = last_token_states(model, item_ids, item_mask)
+        labels = torch.tensor([uniq.index(t) for t in targets], device=r2ec.device)
+        losses = {"in_batch": in_batch_loss(users, items, labels, cfg.tau)}
+        hist_rows = [catalog.rows(h) for h in batch["history_item_ids"]]
+        tgt = torch.tensor(targets, device=r2ec.device)
+        if cfg.catalogue_loss:
+            losses["catalogue"] = catalogue_loss(users, table.table, tgt, hist_rows, cfg.tau)
+        lines = _line_targets(ids, hist_rows, ends) if ends else []
+        if lines:
+            b, p, r = (torch.tensor(x, device=r2ec.device) for x in zip(*lines, strict=True))
+            line_states = hidden[b, p]
+            losses["line"] = cfg.line_loss_weight * catalogue_loss(line_states, table.table, r,
+                                                                   None, cfg.tau)
+        loss = sum(losses.values())
+        opt.zero_grad()
+        acc.backward(loss)
+        acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        counter.step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if counter.step % 20 == 0:
+            metrics_log.write(step=counter.step, epoch=order.epoch, lr=sched.get_last_lr()[0],
+                              loss=loss.item(), **{f"loss_{k}": v.item() for k, v in losses.items()})
+        over_time = cfg.max_minutes and time.time() - start > 60 * cfg.max_minutes
+        if counter.step % cfg.eval_every == 0 or counter.step == total or over_time:
+            res = evaluate_r2ec(r2ec, subset, catalog, reasoning=False, item_prompts=item_prompts)
+            ndcg = res.metrics["ndcg@10"]
+            metrics_log.write(step=counter.step, split="valid", **res.metrics)
+            log.info("step %d: valid NDCG@10 %.4f (best %.4f)", counter.step, ndcg, counter.best)
+            if ndcg > counter.best:
+                counter.best, counter.evals_since_best = ndcg, 0
+                r2ec.save(out_dir / "best", stage="warmstart",
+                          extra={"warmstart_config": asdict(cfg), "step": counter.step,
+                                 "valid_ndcg@10_subset": ndcg})
+            else:
+                counter.evals_since_best += 1
+            if cfg.patience and counter.evals_since_best >= cfg.patience:
+                stopped = "early stopping"
+                break
+        if counter.step % cfg.save_every == 0:
+            acc.save_state(str(state_dir))
+        if over_time:
+            stopped = "time budget"
+            break
+    bar.close()
+    acc.save_state(str(state_dir))
+    return {"steps": counter.step, "best_valid_ndcg@10_subset": counter.best, "stopped_by": stopped,
+            "minutes": (time.time() - start) / 60, "best_dir": str(out_dir / "best")}
