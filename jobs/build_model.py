@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--register", choices=["none", "candidate", "champion"], default="candidate",
                    help="status of the new model in model_registry")
     cli.add_dataclass_args(p, DefaultModelConfig)
-    a = p.parse_args(argv)
+    a = cli.parse_with_config(p, argv)
     cli.setup_logging(a.verbose)
     cfg = cli.dataclass_from_args(a, DefaultModelConfig)
     spark = build_spark("r2ec-build-model")

@@ -98,3 +98,48 @@ def dataclass_from_args(args: argparse.Namespace, cls, prefix: str = ""):
 def spark_to_pandas(df):
     """toPandas with Arrow; arrays of timestamps come back as numpy datetime64 values."""
     return df.toPandas()
+
+
+CONFIG_SECTIONS = {"model": "", "warmstart": "ws_", "recpo": "rl_"}
+
+
+def parse_with_config(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse argv, letting `--config FILE.json` (a frozen, dated config) set the defaults first;
+    flags on the command line still win. Sections "model", "warmstart" and "recpo" map to the
+    flags without prefix, with --ws- and with --rl-; keys are field names. Unknown keys fail."""
+    import json
+
+    p.add_argument("--config", help="JSON file of frozen settings (configs/*.json)")
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        with open(known.config) as f:
+            data = json.load(f)
+        dests = {a.dest for a in p._actions}
+        flat = {}
+        for section, values in data.items():
+            if section.startswith("_"):
+                continue  # comments, provenance
+            if section not in CONFIG_SECTIONS:
+                raise SystemExit(f"error: {known.config}: unknown section {section!r}")
+            prefix = CONFIG_SECTIONS[section]
+
+            def walk(d: dict, pre: str) -> None:
+                for k, v in d.items():
+                    if isinstance(v, dict):
+                        walk(v, f"{pre}{k}_")
+                    else:
+                        flat[f"{pre}{k}"] = v
+
+            before = set(flat)
+            walk(values, prefix)
+            mine = set(flat) - before
+            if not mine & dests:  # a section for another job (build_model has no --ws- flags)
+                for k in mine:
+                    del flat[k]
+        unknown = sorted(k for k in flat if k not in dests)
+        if unknown:
+            raise SystemExit(f"error: {known.config}: unknown setting(s) {unknown}")
+        p.set_defaults(**flat)
+    return p.parse_args(argv)

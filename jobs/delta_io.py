@@ -129,22 +129,32 @@ def replace_partition(
     """Atomically replace the rows where `column = value` (one commit, `replaceWhere`)."""
     if column not in spec.partition_by:
         raise ValueError(f"{spec.name}: {column!r} is not a partition column")
+    return replace_where(df, spec, warehouse, {column: value})
+
+
+def replace_where(
+    df: DataFrame, spec: TableSpec, warehouse: str | Path, where: dict[str, str]
+) -> dict[str, str]:
+    """Atomically replace the rows matching every `column = value` of `where` (one commit)."""
     df = conform(df, spec)
-    bad = df.filter(F.col(column) != F.lit(value).cast(spec.schema[column].dataType)).limit(1)
-    if bad.count():
-        raise ValueError(f"{spec.name}: rows outside {column} = {value!r} in a replaceWhere write")
+    cond = F.lit(True)
+    for column, value in where.items():
+        cond = cond & (F.col(column) == F.lit(value).cast(spec.schema[column].dataType))
+    if df.filter(~cond).limit(1).count():
+        raise ValueError(f"{spec.name}: rows outside {where} in a replaceWhere write")
     spark = df.sparkSession
     ensure_table(spark, warehouse, spec)
+    predicate = " AND ".join(f"`{c}` = '{v}'" for c, v in where.items())
     (
         _maybe_slowed(df)
         .write.format("delta")
         .mode("overwrite")
-        .option("replaceWhere", f"`{column}` = '{value}'")
+        .option("replaceWhere", predicate)
         .save(table_path(warehouse, spec))
     )
     metrics = _last_commit_metrics(DeltaTable.forPath(spark, table_path(warehouse, spec)))
-    log.info("%s: replaced %s = %s -> version %s %s", spec.name, column, value,
-             metrics["version"], _short(metrics))
+    log.info("%s: replaced %s -> version %s %s", spec.name, predicate, metrics["version"],
+             _short(metrics))
     return metrics
 
 

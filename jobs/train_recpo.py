@@ -43,7 +43,7 @@ def _args(argv):
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     cli.add_dataclass_args(p, WarmStartConfig, "ws-", "warmstart stage")
     cli.add_dataclass_args(p, RecPOConfig, "rl-", "recpo stage")
-    return p.parse_args(argv)
+    return cli.parse_with_config(p, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,13 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     if a.stage == "warmstart":
-        from r2ec.warmstart import WarmStartConfig, train as run
+        from r2ec.warmstart import WarmStartConfig
+        from r2ec.warmstart import train as run
 
         cfg = cli.dataclass_from_args(a, WarmStartConfig, "ws_")
         reasoning = False
     else:
-        from r2ec.recpo_trainer import train as run
         from r2ec.recpo import RecPOConfig
+        from r2ec.recpo_trainer import train as run
 
         cfg = cli.dataclass_from_args(a, RecPOConfig, "rl_")
         reasoning = True

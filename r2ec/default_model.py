@@ -37,6 +37,8 @@ def template_fragments(prompter: Prompter, ratings: list[float]) -> list[str]:
             sentence = sentence.replace(special, "\x00")
         pieces += [p for p in sentence.split("\x00") if p.strip()]
     pieces += [f"{a}: [" for a in all_ages()]
+    # Years in titles, "Toy Story (1995)": Qwen2's split makes every digit a token, 6 per year.
+    pieces += [f" ({y})" for y in range(1900, 2031)]
     for r in sorted(set(ratings)):
         pieces += [f"] ({r:g})\n", f"] ({r:g})"]
     return pieces

@@ -54,6 +54,8 @@ class RecPOConfig:
     grad_clip: float = _h("gradient norm clip (authors: 1.0)", default=1.0)
     epochs: float = _h("passes over the train split (paper: <= 3 with early stopping)", default=1.0)
     max_minutes: float = _h("stop after this much training time (0 = no limit)", default=0.0)
+    max_steps: int = _h("stop this run at this global step (0 = none); the schedule still spans "
+                        "`epochs`, so a later --resume continues exactly", default=0)
     refresh_every: int = _h("steps between full item-table refreshes (authors: each evaluation, "
                             "~1/8 epoch)", default=50)
     eval_every: int = _h("steps between validation runs (greedy reasoning)", default=50)
@@ -97,7 +99,8 @@ def fused_reward(scores: torch.Tensor, targets: torch.Tensor, exclude: list[list
     `scores` are logits cos/tau over the whole catalogue, one row per sampled reasoning."""
     masked = mask_history(scores, exclude)
     rank = target_rank(masked, targets).to(scores.dtype)
-    ndcg = torch.where(rank <= ndcg_k, 1.0 / torch.log2(rank + 1.0), torch.zeros_like(rank))
+    hit = (rank <= ndcg_k) & ~torch.isneginf(masked.gather(1, targets[:, None])[:, 0])
+    ndcg = torch.where(hit, 1.0 / torch.log2(rank + 1.0), torch.zeros_like(rank))
     prob = torch.softmax(masked, dim=1).gather(1, targets[:, None])[:, 0]
     prob = torch.nan_to_num(prob, nan=0.0)
     return (1 - beta) * ndcg + beta * prob

@@ -28,7 +28,12 @@ from r2ec.data import Catalog, histories, times
 from r2ec.model import R2ec
 from r2ec.modeling import last_token_states, pad_batch, position_ids
 from r2ec.training import (
-    EpochOrder, ItemTable, MetricsLog, StepCounter, apply_lora, evaluate_r2ec,
+    EpochOrder,
+    ItemTable,
+    MetricsLog,
+    StepCounter,
+    apply_lora,
+    evaluate_r2ec,
 )
 
 log = logging.getLogger(__name__)
@@ -80,14 +85,14 @@ def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_sampl
     total = max(1, int(cfg.epochs * order.steps_per_epoch))
     model, opt, sched = acc.prepare(model, opt, sched)
     counter = StepCounter()
-    acc.register_for_checkpointing(order, counter)
+    item_prompts = r2ec.item_prompts(catalog.ids, catalog.titles, catalog.attributes)
+    table = ItemTable(r2ec, item_prompts)
+    acc.register_for_checkpointing(order, counter, table)
     state_dir = out_dir / "state"
     if resume and state_dir.is_dir():
         acc.load_state(str(state_dir))
         log.info("resumed at step %d", counter.step)
 
-    item_prompts = r2ec.item_prompts(catalog.ids, catalog.titles, catalog.attributes)
-    table = ItemTable(r2ec, item_prompts)
     pad, G = r2ec.tokenizer.pad_token_id, cfg.group_size
     subset = valid_samples if not cfg.eval_samples or cfg.eval_samples >= len(valid_samples) \
         else valid_samples.sample(n=cfg.eval_samples, random_state=cfg.seed)
@@ -100,7 +105,7 @@ def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_sampl
         log.info("start: valid NDCG@10 %.4f with greedy reasoning", counter.best)
     start, stopped = time.time(), "steps"
     bar = tqdm(total=total, initial=counter.step, desc="RecPO", disable=not progress)
-    while counter.step < total:
+    while counter.step < total and not (cfg.max_steps and counter.step >= cfg.max_steps):
         step = counter.step
         if table.table is None or step - table.refreshed_at >= cfg.refresh_every:
             table.refresh(step)
@@ -148,7 +153,8 @@ def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_sampl
             reasoning_len=sum(lengths) / len(lengths),
             finished=sum(g.finished for grp in gens for g in grp) / len(lengths))
         over_time = cfg.max_minutes and time.time() - start > 60 * cfg.max_minutes
-        if counter.step % cfg.eval_every == 0 or counter.step == total or over_time:
+        last = counter.step == total or over_time or counter.step == cfg.max_steps
+        if counter.step % cfg.eval_every == 0 or last:
             res = evaluate_r2ec(r2ec, subset, catalog, True, cfg.eval_sampling,
                                 item_prompts=item_prompts)
             ndcg = res.metrics["ndcg@10"]

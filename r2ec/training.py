@@ -75,6 +75,13 @@ class ItemTable:
     def update_rows(self, rows: Sequence[int], states: torch.Tensor) -> None:
         self.table[list(rows)] = F.normalize(states.detach().float(), dim=-1)
 
+    # The (partly stale) table is training state: a resumed run must use the same one.
+    def state_dict(self) -> dict:
+        return {"table": self.table, "refreshed_at": self.refreshed_at}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.table, self.refreshed_at = state["table"], int(state["refreshed_at"])
+
 
 class R2ecScorer:
     """Scores a batch of samples against H_V, with greedy reasoning or without (ablation)."""

@@ -32,7 +32,13 @@ from r2ec.data import Catalog, histories, times
 from r2ec.model import R2ec
 from r2ec.modeling import hidden_states, last_index, last_token_states, pad_batch
 from r2ec.training import (
-    EpochOrder, ItemTable, LoraSettings, MetricsLog, StepCounter, apply_lora, cosine_with_warmup,
+    EpochOrder,
+    ItemTable,
+    LoraSettings,
+    MetricsLog,
+    StepCounter,
+    apply_lora,
+    cosine_with_warmup,
     evaluate_r2ec,
 )
 
@@ -47,6 +53,8 @@ def _h(text: str, **kw):
 class WarmStartConfig:
     epochs: float = _h("passes over the train split", default=2.0)
     max_minutes: float = _h("stop after this much training time (0 = no limit)", default=0.0)
+    max_steps: int = _h("stop this run at this global step (0 = none); the schedule still spans "
+                        "`epochs`, so a later --resume continues exactly", default=0)
     batch_size: int = _h("users per step (SMALL_MODEL.md recipe: 64)", default=64)
     lr: float = _h("peak AdamW learning rate (recipe: 1e-3; quality rose only below 3e-4 at "
                    "batch 32, SMALL_MODEL.md)", default=1e-3)
@@ -126,14 +134,14 @@ def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_sampl
         opt, lambda s: cosine_with_warmup(s, cfg.warmup_steps, total, cfg.lr, cfg.min_lr) / cfg.lr)
     model, opt, sched = acc.prepare(model, opt, sched)
     counter = StepCounter()
-    acc.register_for_checkpointing(order, counter)
+    item_prompts = r2ec.item_prompts(catalog.ids, catalog.titles, catalog.attributes)
+    table = ItemTable(r2ec, item_prompts)
+    acc.register_for_checkpointing(order, counter, table)
     state_dir = out_dir / "state"
     if resume and state_dir.is_dir():
         acc.load_state(str(state_dir))
         log.info("resumed at step %d (epoch %d)", counter.step, order.epoch)
 
-    item_prompts = r2ec.item_prompts(catalog.ids, catalog.titles, catalog.attributes)
-    table = ItemTable(r2ec, item_prompts)
     pad = r2ec.tokenizer.pad_token_id
     ends = line_end_ids(r2ec.tokenizer) if cfg.line_loss_weight > 0 else set()
     if cfg.line_loss_weight > 0 and not ends:
@@ -143,7 +151,7 @@ def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_sampl
     metrics_log = MetricsLog(out_dir / "metrics.jsonl")
     start, stopped = time.time(), "steps"
     bar = tqdm(total=total, initial=counter.step, desc="warm start", disable=not progress)
-    while counter.step < total:
+    while counter.step < total and not (cfg.max_steps and counter.step >= cfg.max_steps):
         step = counter.step
         if table.table is None or step - table.refreshed_at >= cfg.refresh_every:
             table.refresh(step)
@@ -182,7 +190,8 @@ def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_sampl
             metrics_log.write(step=counter.step, epoch=order.epoch, lr=sched.get_last_lr()[0],
                               loss=loss.item(), **{f"loss_{k}": v.item() for k, v in losses.items()})
         over_time = cfg.max_minutes and time.time() - start > 60 * cfg.max_minutes
-        if counter.step % cfg.eval_every == 0 or counter.step == total or over_time:
+        last = counter.step == total or over_time or counter.step == cfg.max_steps
+        if counter.step % cfg.eval_every == 0 or last:
             res = evaluate_r2ec(r2ec, subset, catalog, reasoning=False, item_prompts=item_prompts)
             ndcg = res.metrics["ndcg@10"]
             metrics_log.write(step=counter.step, split="valid", **res.metrics)

@@ -188,7 +188,7 @@ EVALUATIONS = TableSpec(
         _f("mode", _S, False),
         _f("evaluated_at", _TS, False),
     ]),
-    key=("model_version", "dataset", "split", "metric", "k"),
+    key=("model_version", "dataset", "split", "mode", "metric", "k"),
     description="Offline metrics (hit, ndcg at k) of a model on a split, paper protocol.",
 )
 

@@ -1,0 +1,109 @@
+"""Evaluate a model on a split of `training_samples` through the same scoring path as
+jobs/score.py (pandas UDF -> reasoning -> h_T -> FAISS top-20, history masked), the paper's
+protocol: Hit@K and NDCG@K, K = 5, 10, 20, full catalogue, greedy reasoning.
+
+    bin/r2ec-submit jobs/evaluate.py --split test
+    bin/r2ec-submit jobs/evaluate.py --model models/ws/best --split valid --no-reasoning
+
+Writes the ranked lists to `eval_rankings` (replacing that model's rows for the split) and the
+metrics to `evaluations` (MERGE on model, dataset, split, metric, k), then prints the table.
+Metrics up to K = 20 only need each target's position in the top 20, so they are exact.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+from pyspark.sql import functions as F
+
+from jobs import cli, delta_io, registry
+from jobs.embed_items import index_dir
+from jobs.session import build_spark
+from r2ec import checkpoint
+from schemas import EVAL_RANKINGS, EVALUATIONS, TRAINING_SAMPLES
+from udfs.scoring import RECOMMEND_SCHEMA, ScoringSettings, recommend_udf
+
+log = logging.getLogger("evaluate")
+KS = (5, 10, 20)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = cli.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="champion", help="'champion' or a checkpoint directory")
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--dataset", default="ml-100k", help="dataset name recorded with the metrics")
+    p.add_argument("--no-reasoning", action="store_true", help="the paper's w/o-reasoning ablation")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="reasoning budget (greedy)")
+    p.add_argument("--limit", type=int, default=0, help="evaluate the first N samples only")
+    p.add_argument("--backend", default="transformers", choices=["transformers", "vllm"])
+    p.add_argument("--device", default=None)
+    p.add_argument("--only-if-missing", action="store_true",
+                   help="do nothing when evaluations already hold this model/split/mode")
+    a = p.parse_args(argv)
+    cli.setup_logging(a.verbose)
+    spark = build_spark("r2ec-evaluate")
+    model_dir = registry.resolve(spark, a.warehouse, a.model)
+    try:
+        version = checkpoint.verify(model_dir)["model_version"]
+    except checkpoint.CheckpointError as e:
+        raise cli.JobError(str(e)) from e
+    mode = "no_reasoning" if a.no_reasoning else "greedy_reasoning"
+    if a.only_if_missing and delta_io.exists(spark, a.warehouse, EVALUATIONS):
+        done = delta_io.read(spark, a.warehouse, EVALUATIONS).filter(
+            (F.col("model_version") == version) & (F.col("split") == a.split)
+            & (F.col("mode") == mode) & (F.col("dataset") == a.dataset)).count()
+        if done:
+            print(f"{version} already evaluated on {a.dataset}/{a.split} ({mode}); skipping")
+            return 0
+    idx = index_dir(a.warehouse, version)
+    if not (idx / "index_manifest.json").is_file():
+        from jobs import embed_items
+
+        log.info("no index for %s yet: building it", version)
+        embed_items.main(["--model", str(model_dir), "--warehouse", a.warehouse])
+
+    samples = (delta_io.read(spark, a.warehouse, TRAINING_SAMPLES)
+               .filter(F.col("split") == a.split).orderBy("sample_id"))
+    if a.limit:
+        samples = samples.limit(a.limit)
+    samples = samples.withColumn("ref_ts", F.col("target_ts")).withColumn(
+        "history_hash", F.lit(None).cast("string")).cache()
+    n = samples.count()
+    settings = ScoringSettings(
+        model_dir=str(model_dir.resolve()), index_dir=str(idx), top_k=max(KS),
+        reasoning=not a.no_reasoning, max_new_tokens=a.max_new_tokens, backend=a.backend,
+        device=a.device, key_column="sample_id")
+    parts = max(spark.sparkContext.defaultParallelism, n // 2000)
+    ranked = (samples.repartition(parts).mapInPandas(recommend_udf(settings), RECOMMEND_SCHEMA)
+              .withColumnRenamed("key", "sample_id").cache())
+    rankings = ranked.select(
+        F.lit(version).alias("model_version"), F.lit(a.split).alias("split"), "sample_id",
+        F.posexplode(F.arrays_zip("item_ids", "scores")).alias("pos", "r")).select(
+        "model_version", "split", "sample_id", (F.col("pos") + 1).cast("int").alias("rank"),
+        F.col("r.item_ids").alias("item_id"), F.col("r.scores").alias("score"))
+    delta_io.replace_where(rankings, EVAL_RANKINGS, a.warehouse,
+                           {"model_version": version, "split": a.split})
+
+    pos = ranked.join(samples.select("sample_id", "target_item_id"), "sample_id").select(
+        F.array_position("item_ids", F.col("target_item_id")).alias("rank"))
+    aggs = []
+    for k in KS:
+        hit = (F.col("rank") > 0) & (F.col("rank") <= k)
+        aggs.append(F.avg(hit.cast("double")).alias(f"hit@{k}"))
+        aggs.append(F.avg(F.when(hit, 1.0 / F.log2(F.col("rank") + 1)).otherwise(0.0)).alias(f"ndcg@{k}"))
+    m = pos.agg(*aggs).first().asDict()
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    rows = [(version, a.dataset, a.split, name.split("@")[0], int(name.split("@")[1]), float(v), n,
+             mode, now) for name, v in m.items()]
+    df = spark.createDataFrame(rows, EVALUATIONS.schema)
+    delta_io.merge_into(df, EVALUATIONS, a.warehouse,
+                        update_columns=["value", "n_samples", "mode", "evaluated_at"])
+    print(f"{version} on {a.dataset}/{a.split} ({n:,} samples, {mode.replace('_', ' ')}):")
+    print("  " + "  ".join(f"{k:>8}" for k in m))
+    print("  " + "  ".join(f"{v:8.4f}" for v in m.values()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

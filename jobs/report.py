@@ -1,0 +1,62 @@
+"""Print where the pipeline's output is and what it says: the metrics table of the champion,
+and one user's recommendations with titles and rationale. Reads Delta with deltalake (no Spark),
+the way an analyst's notebook would.
+
+    .venv/bin/python -m jobs.report --warehouse warehouse
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+from deltalake import DeltaTable
+
+
+def _table(wh: Path, name: str) -> pd.DataFrame | None:
+    path = wh / name
+    return DeltaTable(str(path)).to_pandas() if (path / "_delta_log").is_dir() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--warehouse", default="warehouse")
+    p.add_argument("--user", help="user to show (default: the first one)")
+    a = p.parse_args(argv)
+    wh = Path(a.warehouse).resolve()
+    reg = _table(wh, "model_registry")
+    champ = reg[reg["status"] == "champion"].iloc[0] if reg is not None and len(reg) else None
+    print(f"\nDelta tables under {wh}:")
+    for name in sorted(d.name for d in wh.iterdir() if (d / "_delta_log").is_dir()):
+        dt = DeltaTable(str(wh / name))
+        print(f"  {name:<18} version {dt.version():>3}  {dt.to_pyarrow_dataset().count_rows():>9,} rows")
+    if champ is not None:
+        print(f"\nchampion model: {champ['model_version']} at {champ['path']}")
+        ev = _table(wh, "evaluations")
+        if ev is not None:
+            ev = ev[ev["model_version"] == champ["model_version"]]
+            if len(ev):
+                t = ev.pivot_table(index=["split", "mode", "n_samples"], columns=["metric", "k"],
+                                   values="value")
+                t.columns = [f"{m}@{k}" for m, k in t.columns]
+                print("\nmetrics (paper protocol: full catalogue, history masked):")
+                print(t.round(4).to_string())
+    recs, rats, items = _table(wh, "recommendations"), _table(wh, "rationales"), _table(wh, "items")
+    if recs is not None and len(recs):
+        last = recs["run_date"].max()
+        recs = recs[recs["run_date"] == last]
+        user = a.user or sorted(recs["user_id"])[0]
+        mine = recs[recs["user_id"] == user].sort_values("rank").merge(
+            items[["item_id", "title"]], on="item_id", how="left")
+        print(f"\nrun {last}, user {user}:")
+        print(mine[["rank", "item_id", "title", "score"]].to_string(index=False))
+        if rats is not None:
+            r = rats[(rats["run_date"] == last) & (rats["user_id"] == user)]
+            if len(r):
+                print(f"rationale ({int(r.iloc[0]['tokens'])} tokens): {r.iloc[0]['text']!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,158 @@
+"""Score users with the dual-head model: reasoning -> h_T -> top-k from the item index, into
+`recommendations` and `rationales` for one run date.
+
+    bin/r2ec-submit jobs/score.py --run-date 2026-11-26
+    bin/r2ec-submit jobs/score.py --run-date 2026-11-26 --no-reasoning --top-k 20
+    bin/r2ec-submit jobs/score.py --run-date 2026-11-27 --incremental
+    bin/r2ec-submit jobs/score.py --run-date 2026-11-26 --users 196,186 --model models/x/best
+
+Reads user_histories as of --as-of (default: the run date). Each table's run_date partition is
+replaced in one commit, so re-running a date gives the same rows. --incremental re-scores only
+users whose history changed since the latest earlier run of the same model and copies the others.
+Refuses to run when the index was built for another model version (run embed_items.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timedelta
+from datetime import time as dtime
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, FloatType, StringType, TimestampType
+
+from jobs import cli, delta_io, registry
+from jobs.embed_items import index_dir
+from jobs.session import build_spark
+from r2ec import checkpoint
+from schemas import INTERACTIONS, RATIONALES, RECOMMENDATIONS, USER_HISTORIES
+from udfs.scoring import RECOMMEND_SCHEMA, ScoringSettings, recommend_udf
+
+log = logging.getLogger("score")
+
+
+def _args(argv):
+    p = cli.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--run-date", type=cli.iso_date, required=True, help="partition to write")
+    p.add_argument("--as-of", type=cli.iso_date, help="user_histories date (default: run date)")
+    p.add_argument("--model", default="champion", help="'champion' or a checkpoint directory")
+    p.add_argument("--top-k", type=int, default=10, help="items per user")
+    p.add_argument("--samples", type=int, default=1,
+                   help="reasonings per user; >1 averages their h_T (needs --temperature > 0)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the paper's inference)")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="reasoning budget")
+    p.add_argument("--no-reasoning", action="store_true", help="h_T straight after the prompt")
+    p.add_argument("--users", help="comma-separated user ids to score (default: all)")
+    p.add_argument("--incremental", action="store_true",
+                   help="re-score only users whose history changed since the last run")
+    p.add_argument("--backend", default="transformers", choices=["transformers", "vllm"])
+    p.add_argument("--device", default=None, help="cpu / cuda (default: the task's GPU or cpu)")
+    p.add_argument("--chunk-size", type=int, default=64, help="users per model batch in a UDF")
+    a = p.parse_args(argv)
+    if a.top_k < 1:
+        p.error("--top-k must be >= 1")
+    if a.samples > 1 and a.temperature <= 0:
+        p.error("--samples > 1 needs --temperature > 0")
+    a.as_of = a.as_of or a.run_date
+    return a
+
+
+def _previous_run(spark, warehouse, run_date, version) -> DataFrame | None:
+    if not delta_io.exists(spark, warehouse, RATIONALES):
+        return None
+    r = delta_io.read(spark, warehouse, RATIONALES).filter(
+        (F.col("run_date") < F.lit(run_date)) & (F.col("model_version") == version))
+    last = r.agg(F.max("run_date")).first()[0]
+    return None if last is None else r.filter(F.col("run_date") == F.lit(last))
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _args(argv)
+    cli.setup_logging(a.verbose)
+    spark = build_spark("r2ec-score")
+    model_dir = registry.resolve(spark, a.warehouse, a.model)
+    try:
+        version = checkpoint.verify(model_dir)["model_version"]
+    except checkpoint.CheckpointError as e:
+        raise cli.JobError(str(e)) from e
+    idx_dir = index_dir(a.warehouse, version)
+    from r2ec.index import IndexMismatch, ItemIndex
+
+    try:
+        ItemIndex.load(idx_dir, expect_model_version=version)
+    except (IndexMismatch, FileNotFoundError) as e:
+        raise cli.JobError(f"no usable index for model {version} ({e}); run jobs/embed_items.py "
+                           f"--model {a.model}") from e
+
+    hist = delta_io.read(spark, a.warehouse, USER_HISTORIES).filter(
+        F.col("as_of_date") == F.lit(a.as_of)).drop("as_of_date")
+    if hist.isEmpty():
+        raise cli.JobError(f"user_histories has no rows as of {a.as_of}; run jobs/build_histories.py "
+                           f"--as-of {a.as_of}")
+    if a.users:
+        wanted = spark.createDataFrame([(u.strip(),) for u in a.users.split(",") if u.strip()],
+                                       "user_id string")
+        hist = wanted.join(hist, "user_id", "left").select(
+            "user_id",
+            *[F.coalesce(c, F.array().cast(t)).alias(c) for c, t in (
+                ("history_item_ids", ArrayType(StringType())), ("history_titles", ArrayType(StringType())),
+                ("history_ratings", ArrayType(FloatType())), ("history_ts", ArrayType(TimestampType())))],
+            F.coalesce("history_hash", F.sha2(F.lit(""), 256)).alias("history_hash"))
+    end_of_day = datetime.combine(a.as_of + timedelta(days=1), dtime())
+    hist = hist.withColumn("ref_ts", F.lit(end_of_day).cast("timestamp"))
+
+    carried = None
+    if a.incremental:
+        prev = _previous_run(spark, a.warehouse, a.run_date, version)
+        if prev is not None:
+            same = prev.select("user_id", "history_hash", F.col("run_date").alias("prev_date"))
+            unchanged = hist.join(same, ["user_id", "history_hash"], "inner").select("user_id", "prev_date")
+            carried = unchanged.cache()
+            hist = hist.join(unchanged, "user_id", "left_anti")
+            log.info("incremental: %d users unchanged since the last run", carried.count())
+
+    inter = delta_io.read(spark, a.warehouse, INTERACTIONS).filter(F.col("ts") < F.lit(end_of_day))
+    popular = tuple(r["item_id"] for r in inter.groupBy("item_id").count()
+                    .orderBy(F.desc("count"), "item_id").limit(a.top_k + 20).collect())
+    settings = ScoringSettings(
+        model_dir=str(model_dir.resolve()), index_dir=str(idx_dir), top_k=a.top_k,
+        reasoning=not a.no_reasoning, samples=a.samples, temperature=a.temperature,
+        max_new_tokens=a.max_new_tokens, backend=a.backend, device=a.device,
+        chunk_size=a.chunk_size, popular=popular)
+    n_users = hist.count()
+    parts = max(spark.sparkContext.defaultParallelism, n_users // 2000)
+    start = time.time()
+    scored = hist.repartition(parts).mapInPandas(recommend_udf(settings), RECOMMEND_SCHEMA).cache()
+    scored.count()
+    seconds = time.time() - start
+
+    run_date, mv = F.lit(a.run_date), F.lit(version)
+    recs = scored.select(F.col("key").alias("user_id"),
+                         F.posexplode(F.arrays_zip("item_ids", "scores")).alias("pos", "r")).select(
+        run_date.alias("run_date"), "user_id", (F.col("pos") + 1).cast("int").alias("rank"),
+        F.col("r.item_ids").alias("item_id"), F.col("r.scores").alias("score"), mv.alias("model_version"))
+    rats = scored.select(run_date.alias("run_date"), F.col("key").alias("user_id"), "text",
+                         "tokens", "history_hash", "fallback", mv.alias("model_version"))
+    if carried is not None:
+        old_recs = delta_io.read(spark, a.warehouse, RECOMMENDATIONS).join(
+            carried.withColumnRenamed("prev_date", "run_date"), ["run_date", "user_id"])
+        old_rats = delta_io.read(spark, a.warehouse, RATIONALES).join(
+            carried.withColumnRenamed("prev_date", "run_date"), ["run_date", "user_id"])
+        recs = recs.unionByName(old_recs.withColumn("run_date", run_date))
+        rats = rats.unionByName(old_rats.withColumn("run_date", run_date))
+    m1 = delta_io.replace_partition(recs, RECOMMENDATIONS, a.warehouse, "run_date", str(a.run_date))
+    m2 = delta_io.replace_partition(rats, RATIONALES, a.warehouse, "run_date", str(a.run_date))
+    fallbacks = scored.filter(F.col("fallback").isNotNull()).count()
+    print(f"scored {n_users:,} users in {seconds:.1f}s ({n_users / max(seconds, 1e-9):.1f} users/s) "
+          f"with {version}{' (no reasoning)' if a.no_reasoning else ''}; "
+          f"{fallbacks:,} popularity fallbacks; "
+          f"{(carried.count() if carried is not None else 0):,} carried over; "
+          f"recommendations: {int(m1.get('numOutputRows', 0)):,} rows, "
+          f"rationales: {int(m2.get('numOutputRows', 0)):,} rows (run_date {a.run_date})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

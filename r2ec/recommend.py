@@ -1,0 +1,84 @@
+"""Batch recommendation with a loaded model and its item index: the code path that the Spark
+UDFs run per chunk and that `bench/throughput.py` runs in one process for comparison.
+
+For each user: prompt from the history window -> reasoning (greedy by default; `samples` > 1
+draws several with temperature and averages their normalised h_T) -> h_T -> exact top-k from
+the FAISS index with the history items excluded.
+
+Fallback (documented in the README): a user whose history is empty, or whose history items are
+all unknown to the model's catalogue, gets the most popular items (passed in by the job),
+history still excluded, an empty rationale, and `fallback = "popularity"`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+
+from r2ec.config import SamplingConfig
+from r2ec.index import ItemIndex
+from r2ec.model import R2ec
+from r2ec.prompts import HistoryItem
+
+FALLBACK_POPULARITY = "popularity"
+
+
+@dataclass
+class Recommendation:
+    item_ids: list[str]
+    scores: list[float]
+    rationale: str
+    rationale_tokens: int
+    fallback: str | None = None
+
+
+class Recommender:
+    def __init__(self, r2ec: R2ec, index: ItemIndex, popular: Sequence[str] = ()):
+        if index.manifest.model_version != r2ec.model_version:
+            raise ValueError(f"index built for {index.manifest.model_version}, model is "
+                             f"{r2ec.model_version}")
+        self.r2ec, self.index, self.popular = r2ec, index, list(popular)
+
+    def _fallback(self, history: Sequence[HistoryItem], k: int) -> Recommendation:
+        seen = {h.item_id for h in history}
+        items = [i for i in self.popular if i not in seen][:k]
+        # Popularity has no cosine score; rank-based scores keep the column non-null and ordered.
+        return Recommendation(items, [float(k - r) for r in range(len(items))], "", 0,
+                              FALLBACK_POPULARITY)
+
+    def recommend(self, histories: Sequence[Sequence[HistoryItem]], ref_times: Sequence[datetime],
+                  top_k: int = 10, reasoning: bool = True, samples: int = 1,
+                  sampling: SamplingConfig | None = None) -> list[Recommendation]:
+        sampling = sampling or SamplingConfig()
+        if samples > 1 and sampling.temperature <= 0:
+            raise ValueError("--samples > 1 needs a temperature > 0")
+        out: list[Recommendation | None] = [None] * len(histories)
+        live = []
+        for i, hist in enumerate(histories):
+            if any(h.item_id in self.index.row for h in hist):
+                live.append(i)
+            else:
+                out[i] = self._fallback(hist, top_k)
+        if live:
+            prompts = self.r2ec.user_prompts([histories[i] for i in live], [ref_times[i] for i in live])
+            texts, lengths = [""] * len(live), [0] * len(live)
+            if reasoning:
+                gens = self.r2ec.reason(prompts, n=samples, sampling=sampling)
+                states = []
+                for s in range(samples):
+                    h = self.r2ec.user_state(prompts, [g[s] for g in gens])
+                    states.append(h / np.maximum(np.linalg.norm(h, axis=1, keepdims=True), 1e-12))
+                h_t = np.mean(states, axis=0)
+                texts = [g[0].text for g in gens]
+                lengths = [len(g[0].token_ids) for g in gens]
+            else:
+                h_t = self.r2ec.user_state(prompts, None)
+            exclude = [[h.item_id for h in histories[i]] for i in live]
+            ids, scores = self.index.search(h_t, top_k, exclude)
+            for j, i in enumerate(live):
+                n = len(ids[j])
+                out[i] = Recommendation(ids[j], [float(x) for x in scores[j][:n]], texts[j], lengths[j])
+        return out  # type: ignore[return-value]

@@ -1,0 +1,180 @@
+"""Batch scoring through Spark pandas UDFs on real ML-100k with a small model:
+embed_items -> score -> evaluate, re-runs, kill safety, mismatch refusal, fallbacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from deltalake import DeltaTable
+
+from jobs import build_model, embed_items, evaluate, score
+from jobs.cli import run
+from tests.conftest import ML100K_AS_OF, REPO
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+RUN = "1998-04-23"
+SMALL = ["--hidden-size", "64", "--num-heads", "2", "--head-dim", "32", "--intermediate-size", "128",
+         "--vocab-size", "2000"]
+
+
+def _t(wh: Path, name: str) -> pd.DataFrame:
+    return DeltaTable(str(wh / name)).to_pandas()
+
+
+@pytest.fixture(scope="module")
+def scored(ml_warehouse, tmp_path_factory):
+    """The ML-100k warehouse with a small champion model, its index, and one scored run."""
+    wh = ml_warehouse
+    model = tmp_path_factory.mktemp("m") / "small"
+    assert build_model.main(["--out", str(model), "--register", "champion", "--warehouse", str(wh),
+                             *SMALL]) == 0
+    assert embed_items.main(["--warehouse", str(wh)]) == 0
+    assert score.main(["--run-date", RUN, "--warehouse", str(wh), "--max-new-tokens", "6"]) == 0
+    return wh, model
+
+
+def test_every_user_gets_k_distinct_unseen_items_and_a_rationale(scored):
+    wh, _ = scored
+    recs = _t(wh, "recommendations")
+    hist = _t(wh, "user_histories")
+    hist = hist[hist["as_of_date"].astype(str) == ML100K_AS_OF].set_index("user_id")
+    assert recs["user_id"].nunique() == 943 and len(recs) == 9430
+    for user, g in recs.groupby("user_id"):
+        assert sorted(g["rank"]) == list(range(1, 11))
+        assert g["item_id"].is_unique
+        assert not set(g["item_id"]) & set(hist.loc[user, "history_item_ids"]), user
+        assert g.sort_values("rank")["score"].is_monotonic_decreasing
+    rats = _t(wh, "rationales")
+    assert len(rats) == 943 and rats["user_id"].is_unique and rats["fallback"].isna().all()
+    assert (rats["tokens"] <= 6).all() and recs["model_version"].nunique() == 1
+    emb = _t(wh, "item_embeddings")
+    assert len(emb) == 1682 and emb["embedding"].map(len).nunique() == 1
+
+
+def test_embed_items_skips_when_up_to_date(scored, capsys):
+    wh, _ = scored
+    v = DeltaTable(str(wh / "item_embeddings")).version()
+    assert embed_items.main(["--warehouse", str(wh)]) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert DeltaTable(str(wh / "item_embeddings")).version() == v
+
+
+def test_rerun_same_date_is_identical(scored):
+    wh, _ = scored
+    key = ["user_id", "rank"]
+    before = _t(wh, "recommendations").sort_values(key).reset_index(drop=True)
+    assert score.main(["--run-date", RUN, "--warehouse", str(wh), "--max-new-tokens", "6"]) == 0
+    after = _t(wh, "recommendations").sort_values(key).reset_index(drop=True)
+    assert after[key + ["item_id", "model_version"]].equals(before[key + ["item_id", "model_version"]])
+    np.testing.assert_allclose(after["score"], before["score"], rtol=1e-5)
+    assert len(_t(wh, "rationales")) == 943
+
+
+def test_incremental_carries_unchanged_users(scored, capsys):
+    wh, _ = scored
+    assert score.main(["--run-date", "1998-04-24", "--as-of", RUN, "--incremental",
+                       "--warehouse", str(wh), "--max-new-tokens", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "scored 0 users" in out and "943 carried over" in out
+    recs = _t(wh, "recommendations")
+    day1 = recs[recs["run_date"].astype(str) == RUN].drop(columns="run_date")
+    day2 = recs[recs["run_date"].astype(str) == "1998-04-24"].drop(columns="run_date")
+    key = ["user_id", "rank"]
+    assert day2.sort_values(key).reset_index(drop=True).equals(day1.sort_values(key).reset_index(drop=True))
+
+
+def test_unknown_user_gets_popularity_fallback(scored):
+    wh, _ = scored
+    assert score.main(["--run-date", "1998-05-01", "--as-of", RUN, "--users", "196,no-such-user",
+                       "--warehouse", str(wh), "--max-new-tokens", "6", "--top-k", "5"]) == 0
+    recs = _t(wh, "recommendations")
+    recs = recs[recs["run_date"].astype(str) == "1998-05-01"]
+    assert set(recs["user_id"]) == {"196", "no-such-user"}
+    ghost = recs[recs["user_id"] == "no-such-user"].sort_values("rank")
+    assert len(ghost) == 5 and ghost["item_id"].is_unique
+    rats = _t(wh, "rationales").set_index("user_id")
+    rats = rats[rats["run_date"].astype(str) == "1998-05-01"]
+    assert rats.loc["no-such-user", "fallback"] == "popularity"
+    assert rats.loc["no-such-user", "text"] == "" and pd.isna(rats.loc["196", "fallback"])
+    inter = _t(wh, "interactions")
+    top = inter.groupby("item_id").size().sort_values(ascending=False)
+    assert list(ghost["item_id"]) == list(top.index[:5])
+
+
+def test_model_index_mismatch_is_refused(scored, tmp_path, capsys):
+    wh, model = scored
+    other = tmp_path / "other"
+    assert build_model.main(["--out", str(other), "--register", "none", "--warehouse", str(wh),
+                             "--seed", "1", *SMALL]) == 0
+    with pytest.raises(SystemExit) as e:  # no index for that model yet
+        run(score.main, ["--run-date", RUN, "--model", str(other), "--warehouse", str(wh)])
+    assert e.value.code == 2 and "run jobs/embed_items.py" in capsys.readouterr().err
+    version = json.loads((other / "manifest.json").read_text())["model_version"]
+    champion = json.loads((model / "manifest.json").read_text())["model_version"]
+    shutil.copytree(wh / "_index" / champion, wh / "_index" / version)  # someone else's index
+    with pytest.raises(SystemExit) as e:
+        run(score.main, ["--run-date", RUN, "--model", str(other), "--warehouse", str(wh)])
+    assert e.value.code == 2
+    assert f"built for model {champion}, not for {version}" in capsys.readouterr().err
+    shutil.rmtree(wh / "_index" / version)
+
+
+def test_evaluate_writes_rankings_and_metrics_that_recompute(scored):
+    wh, _ = scored
+    assert evaluate.main(["--split", "test", "--limit", "300", "--warehouse", str(wh),
+                          "--max-new-tokens", "6"]) == 0
+    ev = _t(wh, "evaluations")
+    assert len(ev) == 6 and set(ev["k"]) == {5, 10, 20} and (ev["n_samples"] == 300).all()
+    ranks = _t(wh, "eval_rankings")
+    assert len(ranks) == 300 * 20
+    samples = _t(wh, "training_samples").set_index("sample_id")
+    pos = []
+    for sid, g in ranks.groupby("sample_id"):
+        items = list(g.sort_values("rank")["item_id"])
+        target = samples.loc[sid, "target_item_id"]
+        pos.append(items.index(target) + 1 if target in items else 0)
+        assert not set(items) & set(samples.loc[sid, "history_item_ids"])
+    pos = np.array(pos)
+    for k in (5, 10, 20):
+        hit = (pos > 0) & (pos <= k)
+        want = np.where(hit, 1 / np.log2(pos + 1), 0).mean()
+        got = ev[(ev["metric"] == "ndcg") & (ev["k"] == k)]["value"].item()
+        assert got == pytest.approx(want, abs=1e-9)
+        assert ev[(ev["metric"] == "hit") & (ev["k"] == k)]["value"].item() == pytest.approx(hit.mean())
+
+
+def test_score_killed_mid_write_keeps_previous_version(scored, tmp_path):
+    wh, _ = scored
+    table = wh / "recommendations"
+    version = DeltaTable(str(table)).version()
+    before = _t(wh, "recommendations").sort_values(["run_date", "user_id", "rank"]).reset_index(drop=True)
+    files = {p.name for p in table.rglob("*.parquet")}
+    args = [str(REPO / "bin" / "r2ec-submit"), "jobs/score.py", "--run-date", RUN,
+            "--warehouse", str(wh), "--max-new-tokens", "6"]
+    proc = subprocess.Popen(args, cwd=REPO, env={**os.environ, "R2EC_FAULT_SLOW_WRITE_S": "3"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and proc.poll() is None:
+            if {p.name for p in table.rglob("*.parquet")} - files:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the job ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert DeltaTable(str(table)).version() == version
+    after = _t(wh, "recommendations").sort_values(["run_date", "user_id", "rank"]).reset_index(drop=True)
+    assert after.equals(before)
+    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert DeltaTable(str(table)).version() > version
