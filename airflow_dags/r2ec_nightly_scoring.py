@@ -88,11 +88,13 @@ with DAG(
         task_id="score",
         doc_md="Top-k and rationales for `run_date = {{ ds }}`, champion model, incremental.",
         bash_command=(f"{SUBMIT} jobs/score.py --run-date {{{{ ds }}}} --model champion --incremental "
-                      f"--top-k {{{{ params.top_k }}}} --max-new-tokens {{{{ params.max_new_tokens }}}} {WH}"),
+                      "--top-k {{ params.top_k }} --max-new-tokens {{ params.max_new_tokens }} "
+                      f"{WH}"),
     )
     validate = BashOperator(
         task_id="validate",
         doc_md="Fails the run if any user lacks k distinct, unseen items or a rationale.",
-        bash_command=f"{SUBMIT} jobs/validate_run.py --run-date {{{{ ds }}}} --top-k {{{{ params.top_k }}}} {WH}",
+        bash_command=(f"{SUBMIT} jobs/validate_run.py --run-date {{{{ ds }}}} "
+                      f"--top-k {{{{ params.top_k }}}} {WH}"),
     )
     ingest >> histories >> embed >> score >> validate

@@ -143,6 +143,10 @@ def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_sampl
         opt.step()
         sched.step()
         table.update_rows(uniq, items)
+        # A backend with its own copy of the weights (vLLM) must see this update before the
+        # next rollout; the transformers backend shares the live model and needs nothing.
+        if hasattr(r2ec.backend, "sync_weights"):
+            r2ec.backend.sync_weights(acc.unwrap_model(model))
         counter.step += 1
         bar.update(1)
         lengths = [len(g.token_ids) for grp in gens for g in grp]
