@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -41,6 +42,8 @@ def build_spark(
 ) -> SparkSession:
     """Get or create the Spark session with Delta enabled (see the module docstring)."""
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    # Python workers must run this interpreter (the venv with pandas, torch, ...), not `python3`.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     # spark-submit starts the JVM before Python runs and passes its settings (master, jars,
     # shuffle partitions) there; then only settings it cannot have made are added here.
     submitted = "PYSPARK_GATEWAY_PORT" in os.environ
