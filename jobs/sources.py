@@ -142,7 +142,8 @@ def read_ml100k_atomic(spark: SparkSession, folder: str) -> Candidates:
     title = _field(ti)
     if "release_year" in th:
         year = _field(th.index("release_year"))
-        title = F.when(year.rlike(r"^\d{4}$") & ~title.endswith(F.format_string("(%s)", year)),
+        title = F.when(year.rlike(r"^\d{4}$") & (title != "")
+                       & ~title.endswith(F.format_string("(%s)", year)),
                        F.format_string("%s (%s)", title, year)).otherwise(title)
     items = _delimited(tl, "\t", len(th), skip_header=True).select(
         "file", "line_no", "raw", _field(ii).alias("item_id"), title.alias("title"),
