@@ -56,6 +56,7 @@ def build_spark(
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.ui.enabled": "false",
+        "spark.sql.debug.maxToStringFields": "500",  # wide plans otherwise warn on every job
         # Delta rebuilds table state with 50 partitions by default: far too many on one machine.
         "spark.databricks.delta.snapshotPartitions": os.environ.get("R2EC_DELTA_SNAPSHOT_PARTITIONS", "2"),
     }

@@ -46,7 +46,9 @@ class RecPOConfig:
                            "authors' launch script 2)", default=1)
     item_loss_weight: float = _h("weight of the item loss against the token loss", default=1.0)
     tau: float = _h("cosine temperature (authors' code: 0.02)", default=0.02)
-    users_per_step: int = _h("users per update (paper: 24; authors' code 12)", default=16)
+    users_per_step: int = _h("users per micro-batch (paper: 24 per update; authors' code 12)",
+                             default=16)
+    grad_accum: int = _h("micro-batches per optimiser step (gradient accumulation)", default=1)
     lr: float = _h("learning rate (paper: 1e-5 for LoRA on 2-3B; the small fully-trained CPU "
                    "model needs more)", default=1e-4)
     warmup_steps: int = _h("linear warm-up steps (paper: 32), then constant", default=32)

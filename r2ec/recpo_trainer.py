@@ -82,7 +82,7 @@ def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_sampl
     sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then constant (paper)
         opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
     order = EpochOrder(len(train_samples), cfg.users_per_step, cfg.seed)
-    total = max(1, int(cfg.epochs * order.steps_per_epoch))
+    total = max(1, int(cfg.epochs * order.steps_per_epoch / cfg.grad_accum))
     model, opt, sched = acc.prepare(model, opt, sched)
     counter = StepCounter()
     item_prompts = r2ec.item_prompts(catalog.ids, catalog.titles, catalog.attributes)
@@ -103,24 +103,19 @@ def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_sampl
         metrics_log.write(step=counter.step, split="valid", **res.metrics)
         r2ec.save(out_dir / "best", stage="recpo", extra={"step": 0, "recpo_config": asdict(cfg)})
         log.info("start: valid NDCG@10 %.4f with greedy reasoning", counter.best)
-    start, stopped = time.time(), "steps"
-    bar = tqdm(total=total, initial=counter.step, desc="RecPO", disable=not progress)
-    while counter.step < total and not (cfg.max_steps and counter.step >= cfg.max_steps):
-        step = counter.step
-        if table.table is None or step - table.refreshed_at >= cfg.refresh_every:
-            table.refresh(step)
-        batch = train_samples.iloc[order.next_batch()]
+
+    def micro_step(batch: pd.DataFrame, step: int, micro: int) -> dict:
+        """Rollouts, rewards, advantages and the backward pass of one micro-batch of users."""
         prompts = r2ec.user_prompts(histories(batch), times(batch["target_ts"]))
         # A seed per step: rollouts differ between steps and replay identically after a resume
         # (the authors pass seed=42 on every call, so their samples repeat across steps).
-        gens = r2ec.reason(prompts, n=G, sampling=replace(cfg.rollout_sampling,
-                                                          seed=cfg.seed * 1_000_003 + step))
+        seed = cfg.seed * 1_000_003 + step * cfg.grad_accum + micro
+        gens = r2ec.reason(prompts, n=G, sampling=replace(cfg.rollout_sampling, seed=seed))
         ids, mask, action = rollout_batch(r2ec, prompts, gens, r2ec.device)
         keep = min(ids.shape[1], cfg.max_new_tokens + 2)
         model.train()
         h_t, logp = policy_forward(model, ids, mask, keep)
         action = action[:, -(keep - 1):].float()
-
         targets = torch.tensor([catalog.row[t] for t in batch["target_item_id"]],
                                device=r2ec.device).repeat_interleave(G)
         hist = [catalog.rows(h) for h in batch["history_item_ids"] for _ in range(G)]
@@ -136,24 +131,41 @@ def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_sampl
         items = last_token_states(model, item_ids, item_mask)
         labels = torch.tensor([uniq.index(int(t)) for t in targets[best]], device=r2ec.device)
         itl = recpo.item_loss(h_t[best], items, labels, adv.flatten()[best], cfg.tau)
-        loss = tok + cfg.item_loss_weight * itl
+        acc.backward((tok + cfg.item_loss_weight * itl) / cfg.grad_accum)
+        return {"uniq": uniq, "items": items.detach(), "rewards": rewards, "adv": adv,
+                "gens": gens, "tok": tok.item(), "itl": itl.item()}
+
+    start, stopped = time.time(), "steps"
+    bar = tqdm(total=total, initial=counter.step, desc="RecPO", disable=not progress)
+    while counter.step < total and not (cfg.max_steps and counter.step >= cfg.max_steps):
+        step = counter.step
+        if table.table is None or step - table.refreshed_at >= cfg.refresh_every:
+            table.refresh(step)
+        model.train()
         opt.zero_grad()
-        acc.backward(loss)
+        parts = [micro_step(train_samples.iloc[order.next_batch()], step, m)
+                 for m in range(cfg.grad_accum)]
         acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         sched.step()
-        table.update_rows(uniq, items)
+        for uniq, items in ((p["uniq"], p["items"]) for p in parts):
+            table.update_rows(uniq, items)
         # A backend with its own copy of the weights (vLLM) must see this update before the
         # next rollout; the transformers backend shares the live model and needs nothing.
         if hasattr(r2ec.backend, "sync_weights"):
             r2ec.backend.sync_weights(acc.unwrap_model(model))
+        rewards = torch.cat([p["rewards"] for p in parts])
+        adv = torch.cat([p["adv"] for p in parts])
+        gens = [g for p in parts for g in p["gens"]]
+        tok = sum(p["tok"] for p in parts) / len(parts)
+        itl = sum(p["itl"] for p in parts) / len(parts)
         counter.step += 1
         bar.update(1)
         lengths = [len(g.token_ids) for grp in gens for g in grp]
         bar.set_postfix(reward=f"{rewards.mean().item():.3f}", len=f"{sum(lengths) / len(lengths):.1f}")
         metrics_log.write(
             step=counter.step, reward_mean=rewards.mean().item(), reward_std=rewards.std().item(),
-            adv_abs_mean=adv.abs().mean().item(), token_loss=tok.item(), item_loss=itl.item(),
+            adv_abs_mean=adv.abs().mean().item(), token_loss=tok, item_loss=itl,
             reasoning_len=sum(lengths) / len(lengths),
             finished=sum(g.finished for grp in gens for g in grp) / len(lengths))
         over_time = cfg.max_minutes and time.time() - start > 60 * cfg.max_minutes
