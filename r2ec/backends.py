@@ -18,10 +18,10 @@ from typing import Protocol
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from r2ec.config import SamplingConfig
 from r2ec.modeling import last_token_states, length_sorted_batches, pad_batch
+from r2ec.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class TransformersBackend:
         self.model.eval()
         out: list[np.ndarray | None] = [None] * len(seqs)
         batches = length_sorted_batches([len(s) for s in seqs], self.batch_size)
-        for idx in tqdm(batches, desc="hidden states", disable=not self.progress, leave=False):
+        for idx in progress_bar(iterable=batches, desc="hidden states", disable=not self.progress):
             ids, mask = pad_batch([seqs[i] for i in idx], self.pad_id, "right", self.device)
             states = last_token_states(self.model, ids, mask).float().cpu().numpy()
             for row, i in enumerate(idx):
@@ -96,7 +96,7 @@ class TransformersBackend:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         results: list[list[Generation] | None] = [None] * len(prompts)
         batches = length_sorted_batches([len(p) for p in prompts], self.batch_size)
-        for idx in tqdm(batches, desc="reasoning", disable=not self.progress, leave=False):
+        for idx in progress_bar(iterable=batches, desc="reasoning", disable=not self.progress):
             ids, mask = pad_batch([prompts[i] for i in idx], self.pad_id, "left", self.device)
             gen = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
             new = gen[:, ids.shape[1]:].cpu().tolist()

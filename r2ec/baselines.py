@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from r2ec.data import Catalog
 from r2ec.evaluation import evaluate
+from r2ec.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,8 @@ class SASRec:
         opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         best, best_state, since_best, history = -1.0, None, 0, []
         start = time.time()
-        for epoch in tqdm(range(1, cfg.max_epochs + 1), desc="SASRec epochs", disable=not progress):
+        for epoch in progress_bar(iterable=range(1, cfg.max_epochs + 1), desc="SASRec epochs",
+                                  disable=not progress):
             self.model.train()
             perm = torch.randperm(len(x))
             for i in range(0, len(x), cfg.batch_size):

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from r2ec.data import Catalog
 from r2ec.metrics import KS, RankAccumulator
+from r2ec.progress import progress_bar
 
 Scorer = Callable[[pd.DataFrame], np.ndarray]
 
@@ -43,8 +43,8 @@ def evaluate(scorer: Scorer, samples: pd.DataFrame, catalog: Catalog, batch_size
     missing = set(samples["target_item_id"]) - set(catalog.row)
     if missing:
         raise ValueError(f"{len(missing)} target item(s) not in the catalogue, e.g. {sorted(missing)[:3]}")
-    for start in tqdm(range(0, len(samples), batch_size), desc=desc, disable=not progress,
-                      leave=False):
+    for start in progress_bar(iterable=range(0, len(samples), batch_size), desc=desc,
+                              disable=not progress):
         batch = samples.iloc[start: start + batch_size]
         scores = np.asarray(scorer(batch), dtype=np.float64)
         hist = history_rows(batch, catalog)

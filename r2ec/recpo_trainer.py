@@ -21,7 +21,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from r2ec import recpo
 from r2ec.data import Catalog, histories, times
@@ -34,6 +33,7 @@ from r2ec.training import (
     StepCounter,
     apply_lora,
     evaluate_r2ec,
+    progress_bar,
 )
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_sampl
                 "gens": gens, "tok": tok.item(), "itl": itl.item()}
 
     start, stopped = time.time(), "steps"
-    bar = tqdm(total=total, initial=counter.step, desc="RecPO", disable=not progress)
+    bar = progress_bar(total, "RecPO", disable=not progress, initial=counter.step)
     while counter.step < total and not (cfg.max_steps and counter.step >= cfg.max_steps):
         step = counter.step
         if table.table is None or step - table.refreshed_at >= cfg.refresh_every:

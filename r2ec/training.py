@@ -20,6 +20,7 @@ from r2ec.data import Catalog, histories, times
 from r2ec.evaluation import EvalResult, evaluate
 from r2ec.model import R2ec
 from r2ec.modeling import last_token_states, length_sorted_batches, pad_batch
+from r2ec.progress import progress_bar  # noqa: F401 - re-exported for the trainers
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

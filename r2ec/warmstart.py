@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from r2ec.data import Catalog, histories, times
 from r2ec.model import R2ec
@@ -40,6 +39,7 @@ from r2ec.training import (
     apply_lora,
     cosine_with_warmup,
     evaluate_r2ec,
+    progress_bar,
 )
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_sampl
         return losses
 
     start, stopped = time.time(), "steps"
-    bar = tqdm(total=total, initial=counter.step, desc="warm start", disable=not progress)
+    bar = progress_bar(total, "warm start", disable=not progress, initial=counter.step)
     while counter.step < total and not (cfg.max_steps and counter.step >= cfg.max_steps):
         step = counter.step
         if table.table is None or step - table.refreshed_at >= cfg.refresh_every:
