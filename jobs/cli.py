@@ -25,7 +25,7 @@ def setup_logging(verbose: bool = False) -> None:
         stream=sys.stderr,
         force=True,
     )
-    for noisy in ("py4j", "urllib3", "filelock", "httpx", "accelerate"):
+    for noisy in ("py4j", "urllib3", "filelock", "httpx", "accelerate", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # accelerate warns on every save that tied embeddings were de-duplicated; that is expected.
     logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
