@@ -98,6 +98,12 @@ class Prompter:
         lines = [self.history_line(h, ref_time) for h in recent]
         return "\n".join([self.user_instruction(), *lines])
 
+    def recap(self, items: Sequence[HistoryItem]) -> str:
+        """A reasoning in the prompt's own line format, without ages: the warm start teaches the
+        small model to write one (a few of the user's items) before <answer>, so that its
+        reasoning is on-distribution for h_T from the first RecPO step."""
+        return "\n".join(f"[{self.title(h.item_id, h.title)}]{rating_text(h.rating)}" for h in items)
+
     # -- item side -------------------------------------------------------------------------
     def item_instruction(self) -> str:
         return (f"Summarize key attributes of the following {self.cfg.category} "

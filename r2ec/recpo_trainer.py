@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from r2ec import recpo
 from r2ec.data import Catalog, histories, times
 from r2ec.model import R2ec
-from r2ec.modeling import last_token_states, pad_batch, position_ids
+from r2ec.modeling import forward_tail, last_token_states, pad_batch
 from r2ec.training import (
     EpochOrder,
     ItemTable,
@@ -57,14 +57,9 @@ def rollout_batch(r2ec: R2ec, prompts, gens, device):
 
 
 def policy_forward(model, ids, mask, keep: int):
-    """(h_T (N, d), logp (N, keep-1), targets positions) with gradient; logits only for the
-    last `keep` positions."""
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                output_hidden_states=True, logits_to_keep=keep, use_cache=False)
-    h_t = out.hidden_states[-1][:, -1]
-    logits = out.logits[:, :-1]             # predict tokens at the last keep-1 positions
-    tokens = ids[:, -(keep - 1):]
-    return h_t, recpo.sequence_logprobs(logits, tokens)
+    """(h_T (N, d), log-probs of the last keep - 1 tokens) with gradient (left-padded input)."""
+    hidden, logp = forward_tail(model, ids, mask, keep)
+    return hidden[:, -1], logp
 
 
 def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_samples: pd.DataFrame,
