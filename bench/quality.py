@@ -119,32 +119,39 @@ def main() -> None:
     record("SASRec", evaluate(sas, test, catalog, progress=False), time.time() - t,
            f"{info['epochs']} epochs, best valid N@10 {info['best_valid_ndcg@10']:.4f}")
 
-    t = time.time()
     mcfg = _section(cfg, "model", DefaultModelConfig)
     build(items, train, out / "model-init", mcfg)
     ws_cfg = _section(cfg, "warmstart", WarmStartConfig)
     if a.warmstart_minutes:
         ws_cfg = replace(ws_cfg, max_minutes=a.warmstart_minutes)
-    r2ec = R2ec.load(out / "model-init", device="cpu")
-    ws = train_warmstart(r2ec, catalog, train, valid, ws_cfg, out / "warmstart", progress=False)
-    ws_model = R2ec.load(out / "warmstart" / "best", device="cpu")
-    ws_time = time.time() - t
-    t = time.time()
-    record("R²ec w/o reasoning", evaluate_r2ec(ws_model, test, catalog, reasoning=False), ws_time
-           + time.time() - t, f"warm start {ws['steps']} steps, {ws['minutes']:.0f} min")
 
+    # The paper's "w/o reasoning" ablation: contrastive only, h_T straight after the prompt.
+    t = time.time()
+    ablation = replace(ws_cfg, recap_max_items=0, lm_loss_weight=0.0, eval_reasoning=False)
+    ws0 = train_warmstart(R2ec.load(out / "model-init", device="cpu"), catalog, train, valid,
+                          ablation, out / "no-reasoning", progress=False)
+    record("R²ec w/o reasoning", evaluate_r2ec(R2ec.load(out / "no-reasoning" / "best"), test,
+                                               catalog, reasoning=False), time.time() - t,
+           f"contrastive only, {ws0['steps']} steps, {ws0['minutes']:.0f} min")
+
+    # R²ec: warm start that also teaches a reasoning format, then RecPO.
     rl_cfg = replace(_section(cfg, "recpo", RecPOConfig), max_minutes=a.recpo_minutes)
     t = time.time()
-    record("R²ec warm start + greedy reasoning", evaluate_r2ec(ws_model, test, catalog, True,
-                                                              rl_cfg.eval_sampling),
-           time.time() - t, "before RecPO")
+    ws = train_warmstart(R2ec.load(out / "model-init", device="cpu"), catalog, train, valid, ws_cfg,
+                         out / "warmstart", progress=False)
+    ws_time = time.time() - t
+    t = time.time()
+    ws_model = R2ec.load(out / "warmstart" / "best", device="cpu")
+    record("R²ec warm start, greedy reasoning", evaluate_r2ec(ws_model, test, catalog, True,
+                                                             rl_cfg.eval_sampling),
+           ws_time + time.time() - t, f"before RecPO; {ws['steps']} steps, {ws['minutes']:.0f} min")
     t = time.time()
     rl = train_recpo(R2ec.load(out / "warmstart" / "best", device="cpu"), catalog, train, valid,
                      rl_cfg, out / "recpo", progress=False)
     final = R2ec.load(out / "recpo" / "best", device="cpu")
     res = evaluate_r2ec(final, test, catalog, True, rl_cfg.eval_sampling)
     record("R²ec (RecPO)", res, ws_time + time.time() - t,
-           f"RecPO {rl['steps']} steps, {rl['minutes']:.0f} min; mean reasoning "
+           f"+ RecPO {rl['steps']} steps, {rl['minutes']:.0f} min; mean reasoning "
            f"{res.metrics.get('reasoning_tokens_mean', 0):.1f} tokens")
 
     write_deltalake(str(out / "rankings"), pa.concat_tables(tables), mode="overwrite",

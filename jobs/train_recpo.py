@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     cli.setup_logging(a.verbose)
     import torch
 
+    from r2ec.config import SamplingConfig
     from r2ec.data import Catalog
     from r2ec.model import R2ec
     from r2ec.training import evaluate_r2ec
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         from r2ec.warmstart import train as run
 
         cfg = cli.dataclass_from_args(a, WarmStartConfig, "ws_")
-        reasoning = False
+        reasoning = cfg.eval_reasoning and cfg.recap_max_items > 0
     else:
         from r2ec.recpo import RecPOConfig
         from r2ec.recpo_trainer import train as run
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("training finished: %s", summary)
 
     best = R2ec.load(out / "best", device=a.device)
-    sampling = getattr(cfg, "eval_sampling", None)
+    sampling = getattr(cfg, "eval_sampling", None) or SamplingConfig(
+        max_new_tokens=getattr(cfg, "eval_max_new_tokens", 32))
     res = evaluate_r2ec(best, valid, catalog, reasoning=reasoning, sampling=sampling,
                         progress=True, desc="valid")
     metrics = {k: round(v, 5) for k, v in res.metrics.items()}

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
+from r2ec.config import SamplingConfig
 from r2ec.data import Catalog, histories, times
 from r2ec.model import R2ec
 from r2ec.modeling import forward_tail, last_token_states, pad_batch
@@ -79,6 +80,10 @@ class WarmStartConfig:
     lm_loss_weight: float = _h("weight of the LM loss on the recap tokens and <answer>", default=1.0)
     refresh_every: int = _h("steps between full item-table refreshes", default=20)
     eval_every: int = _h("steps between validation runs", default=200)
+    eval_reasoning: bool = _h(
+        "select the best checkpoint by valid NDCG@10 with greedy reasoning (what scoring does) "
+        "instead of without; only meaningful with recap_max_items > 0", default=True)
+    eval_max_new_tokens: int = _h("reasoning budget of those validation runs", default=32)
     eval_samples: int = _h("validation samples per run (fixed seeded subset; 0 = all)", default=2000)
     patience: int = _h("validations without improvement before stopping (0 = never)", default=6)
     save_every: int = _h("steps between resumable training-state saves", default=200)
@@ -139,7 +144,8 @@ def _recap_ids(r2ec: R2ec, history, rng: np.random.Generator, max_items: int) ->
 
 def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_samples: pd.DataFrame,
           cfg: WarmStartConfig, out_dir, resume: bool = False, progress: bool = True) -> dict:
-    """Train in place; the best model by valid NDCG@10 (no reasoning) is saved in `out_dir/best`."""
+    """Train in place; the best model by valid NDCG@10 (greedy reasoning when a recap is taught,
+    else none) is saved in `out_dir/best`."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -171,6 +177,7 @@ def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_sampl
     subset = valid_samples if not cfg.eval_samples or cfg.eval_samples >= len(valid_samples) \
         else valid_samples.sample(n=cfg.eval_samples, random_state=cfg.seed)
     metrics_log = MetricsLog(out_dir / "metrics.jsonl")
+    reasoning_eval = cfg.eval_reasoning and cfg.recap_max_items > 0
 
     def batch_losses(batch: pd.DataFrame, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         hists = histories(batch)
@@ -229,7 +236,9 @@ def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_sampl
         over_time = cfg.max_minutes and time.time() - start > 60 * cfg.max_minutes
         last = counter.step == total or over_time or counter.step == cfg.max_steps
         if counter.step % cfg.eval_every == 0 or last:
-            res = evaluate_r2ec(r2ec, subset, catalog, reasoning=False, item_prompts=item_prompts)
+            res = evaluate_r2ec(r2ec, subset, catalog, reasoning=reasoning_eval,
+                                sampling=SamplingConfig(max_new_tokens=cfg.eval_max_new_tokens),
+                                item_prompts=item_prompts)
             ndcg = res.metrics["ndcg@10"]
             metrics_log.write(step=counter.step, split="valid", **res.metrics)
             log.info("step %d: valid NDCG@10 %.4f (best %.4f)", counter.step, ndcg, counter.best)

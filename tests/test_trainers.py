@@ -115,3 +115,23 @@ def test_saved_checkpoint_scores_like_the_live_model(tiny_model_dir, tmp_path, k
     prompts = r2ec.user_prompts(histories(FIXED), times(FIXED["target_ts"]))
     torch.testing.assert_close(torch.tensor(r2ec.user_state(prompts, None)),
                                torch.tensor(reloaded.user_state(prompts, None)), atol=1e-4, rtol=1e-4)
+
+
+def test_recap_is_a_few_history_lines_in_order(tiny_model_dir):
+    import numpy as np
+
+    from r2ec.warmstart import _recap_ids
+
+    r2ec = R2ec.load(tiny_model_dir, device="cpu")
+    hist = histories(FIXED.head(1))[0]
+    seen = set()
+    for seed in range(20):
+        text = r2ec.tokenizer.decode(_recap_ids(r2ec, hist, np.random.default_rng(seed), 3))
+        lines = [x for x in text.split("\n") if x]
+        assert len(lines) <= 3
+        seen.add(len(lines))
+        order = [next(i for i, h in enumerate(hist) if f"<i{h.item_id}> " in line) for line in lines]
+        assert order == sorted(order) and all(line.startswith("[<i") for line in lines)
+    assert seen == {0, 1, 2, 3}
+    again = _recap_ids(r2ec, hist, np.random.default_rng(5), 3)
+    assert again == _recap_ids(r2ec, hist, np.random.default_rng(5), 3)
