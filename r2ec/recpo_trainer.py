@@ -157,7 +157,8 @@ def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_sampl
         counter.step += 1
         bar.update(1)
         lengths = [len(g.token_ids) for grp in gens for g in grp]
-        bar.set_postfix(reward=f"{rewards.mean().item():.3f}", len=f"{sum(lengths) / len(lengths):.1f}")
+        bar.set_postfix(reward=f"{rewards.mean().item():.3f}", len=f"{sum(lengths) / len(lengths):.1f}",
+                        refresh=False)
         metrics_log.write(
             step=counter.step, reward_mean=rewards.mean().item(), reward_std=rewards.std().item(),
             adv_abs_mean=adv.abs().mean().item(), token_loss=tok, item_loss=itl,

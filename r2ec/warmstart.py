@@ -229,7 +229,7 @@ def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_sampl
         sched.step()
         counter.step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if counter.step % 20 == 0:
             metrics_log.write(step=counter.step, epoch=order.epoch, lr=sched.get_last_lr()[0],
                               loss=loss.item(), **{f"loss_{k}": v.item() for k, v in losses.items()})
