@@ -34,6 +34,7 @@ from r2ec.training import (
     apply_lora,
     evaluate_r2ec,
     progress_bar,
+    validate_and_keep_best,
 )
 
 log = logging.getLogger(__name__)
@@ -166,21 +167,12 @@ def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_sampl
             finished=sum(g.finished for grp in gens for g in grp) / len(lengths))
         over_time = cfg.max_minutes and time.time() - start > 60 * cfg.max_minutes
         last = counter.step == total or over_time or counter.step == cfg.max_steps
-        if counter.step % cfg.eval_every == 0 or last:
-            res = evaluate_r2ec(r2ec, subset, catalog, True, cfg.eval_sampling,
-                                item_prompts=item_prompts)
-            ndcg = res.metrics["ndcg@10"]
-            metrics_log.write(step=counter.step, split="valid", **res.metrics)
-            log.info("step %d: valid NDCG@10 %.4f (best %.4f)", counter.step, ndcg, counter.best)
-            if ndcg > counter.best:
-                counter.best, counter.evals_since_best = ndcg, 0
-                r2ec.save(out_dir / "best", stage="recpo",
-                          extra={"step": counter.step, "recpo_config": asdict(cfg)})
-            else:
-                counter.evals_since_best += 1
-            if cfg.patience and counter.evals_since_best >= cfg.patience:
-                stopped = "early stopping"
-                break
+        if (counter.step % cfg.eval_every == 0 or last) and validate_and_keep_best(
+                r2ec, counter, subset, catalog, item_prompts, True, cfg.eval_sampling,
+                metrics_log, out_dir / "best", "recpo", {"recpo_config": asdict(cfg)},
+                cfg.patience):
+            stopped = "early stopping"
+            break
         if counter.step % cfg.save_every == 0:
             acc.save_state(str(state_dir))
         if over_time:

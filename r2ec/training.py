@@ -4,6 +4,7 @@ the data order that resumes exactly, the metrics log, and LoRA set-up through pe
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -21,6 +22,8 @@ from r2ec.evaluation import EvalResult, evaluate
 from r2ec.model import R2ec
 from r2ec.modeling import last_token_states, length_sorted_batches, pad_batch
 from r2ec.progress import progress_bar  # noqa: F401 - re-exported for the trainers
+
+log = logging.getLogger(__name__)
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -114,6 +117,25 @@ def evaluate_r2ec(r2ec: R2ec, samples: pd.DataFrame, catalog: Catalog, reasoning
         lengths = [len(g.token_ids) for g in scorer.last_generations]
         result.metrics["reasoning_tokens_mean"] = float(np.mean(lengths))
     return result
+
+
+def validate_and_keep_best(r2ec: R2ec, counter: StepCounter, subset: pd.DataFrame,
+                           catalog: Catalog, item_prompts, reasoning: bool,
+                           sampling: SamplingConfig | None, metrics_log: MetricsLog, best_dir: Path,
+                           stage: str, extra: dict, patience: int) -> bool:
+    """One validation run: log it, save the model to `best_dir` when NDCG@10 improves, and
+    return True when `patience` runs in a row have not improved (early stopping)."""
+    res = evaluate_r2ec(r2ec, subset, catalog, reasoning, sampling, item_prompts=item_prompts)
+    ndcg = res.metrics["ndcg@10"]
+    metrics_log.write(step=counter.step, split="valid", **res.metrics)
+    log.info("step %d: valid NDCG@10 %.4f (best %.4f)", counter.step, ndcg, counter.best)
+    if ndcg > counter.best:
+        counter.best, counter.evals_since_best = ndcg, 0
+        r2ec.save(best_dir, stage=stage, extra={**extra, "step": counter.step,
+                                                  "valid_ndcg@10_subset": ndcg})
+    else:
+        counter.evals_since_best += 1
+    return bool(patience) and counter.evals_since_best >= patience
 
 
 class EpochOrder:

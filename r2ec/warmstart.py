@@ -39,8 +39,8 @@ from r2ec.training import (
     StepCounter,
     apply_lora,
     cosine_with_warmup,
-    evaluate_r2ec,
     progress_bar,
+    validate_and_keep_best,
 )
 
 log = logging.getLogger(__name__)
@@ -235,23 +235,12 @@ def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_sampl
                               loss=loss.item(), **{f"loss_{k}": v.item() for k, v in losses.items()})
         over_time = cfg.max_minutes and time.time() - start > 60 * cfg.max_minutes
         last = counter.step == total or over_time or counter.step == cfg.max_steps
-        if counter.step % cfg.eval_every == 0 or last:
-            res = evaluate_r2ec(r2ec, subset, catalog, reasoning=reasoning_eval,
-                                sampling=SamplingConfig(max_new_tokens=cfg.eval_max_new_tokens),
-                                item_prompts=item_prompts)
-            ndcg = res.metrics["ndcg@10"]
-            metrics_log.write(step=counter.step, split="valid", **res.metrics)
-            log.info("step %d: valid NDCG@10 %.4f (best %.4f)", counter.step, ndcg, counter.best)
-            if ndcg > counter.best:
-                counter.best, counter.evals_since_best = ndcg, 0
-                r2ec.save(out_dir / "best", stage="warmstart",
-                          extra={"warmstart_config": asdict(cfg), "step": counter.step,
-                                 "valid_ndcg@10_subset": ndcg})
-            else:
-                counter.evals_since_best += 1
-            if cfg.patience and counter.evals_since_best >= cfg.patience:
-                stopped = "early stopping"
-                break
+        if (counter.step % cfg.eval_every == 0 or last) and validate_and_keep_best(
+                r2ec, counter, subset, catalog, item_prompts, reasoning_eval,
+                SamplingConfig(max_new_tokens=cfg.eval_max_new_tokens), metrics_log,
+                out_dir / "best", "warmstart", {"warmstart_config": asdict(cfg)}, cfg.patience):
+            stopped = "early stopping"
+            break
         if counter.step % cfg.save_every == 0:
             acc.save_state(str(state_dir))
         if over_time:
