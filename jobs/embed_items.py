@@ -20,7 +20,6 @@ from pyspark.sql import functions as F
 
 from jobs import cli, delta_io, registry
 from jobs.session import build_spark
-from r2ec import checkpoint
 from schemas import ITEM_EMBEDDINGS, ITEMS
 from udfs.scoring import EMBED_SCHEMA, embed_udf
 
@@ -52,11 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     cli.setup_logging(a.verbose)
     spark = build_spark("r2ec-embed-items")
-    model_dir = registry.resolve(spark, a.warehouse, a.model)
-    try:
-        version = checkpoint.verify(model_dir)["model_version"]
-    except checkpoint.CheckpointError as e:
-        raise cli.JobError(str(e)) from e
+    model_dir, version = registry.resolve_verified(spark, a.warehouse, a.model)
     items = delta_io.read(spark, a.warehouse, ITEMS).select("item_id", "title", "attributes")
     n_items = items.count()
     folder = index_dir(a.warehouse, version)

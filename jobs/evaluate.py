@@ -20,7 +20,6 @@ from pyspark.sql import functions as F
 from jobs import cli, delta_io, registry
 from jobs.embed_items import index_dir
 from jobs.session import build_spark
-from r2ec import checkpoint
 from schemas import EVAL_RANKINGS, EVALUATIONS, TRAINING_SAMPLES
 from udfs.scoring import RECOMMEND_SCHEMA, ScoringSettings, recommend_udf
 
@@ -43,11 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     cli.setup_logging(a.verbose)
     spark = build_spark("r2ec-evaluate")
-    model_dir = registry.resolve(spark, a.warehouse, a.model)
-    try:
-        version = checkpoint.verify(model_dir)["model_version"]
-    except checkpoint.CheckpointError as e:
-        raise cli.JobError(str(e)) from e
+    model_dir, version = registry.resolve_verified(spark, a.warehouse, a.model)
     mode = "no_reasoning" if a.no_reasoning else "greedy_reasoning"
     if a.only_if_missing and delta_io.exists(spark, a.warehouse, EVALUATIONS):
         done = delta_io.read(spark, a.warehouse, EVALUATIONS).filter(

@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 
 from jobs import delta_io
 from jobs.cli import JobError
+from r2ec import checkpoint
 from schemas import MODEL_REGISTRY
 
 
@@ -44,6 +45,16 @@ def resolve(spark: SparkSession, warehouse, model: str) -> Path:
         raise JobError("no champion in model_registry; run `make run` or jobs/build_model.py "
                        "--register champion, or pass --model DIR")
     return Path(row["path"])
+
+
+def resolve_verified(spark: SparkSession, warehouse, model: str) -> tuple[Path, str]:
+    """`resolve`, then the checkpoint's files checked against its manifest: (dir, model_version).
+    A missing or corrupted checkpoint is a one-line job error, before any work starts."""
+    model_dir = resolve(spark, warehouse, model)
+    try:
+        return model_dir, checkpoint.verify(model_dir)["model_version"]
+    except checkpoint.CheckpointError as e:
+        raise JobError(str(e)) from e
 
 
 def register(spark: SparkSession, warehouse, manifest: dict, path: str | Path, status: str,

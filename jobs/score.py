@@ -26,7 +26,6 @@ from pyspark.sql.types import ArrayType, FloatType, StringType, TimestampType
 from jobs import cli, delta_io, registry
 from jobs.embed_items import index_dir
 from jobs.session import build_spark
-from r2ec import checkpoint
 from schemas import INTERACTIONS, RATIONALES, RECOMMENDATIONS, USER_HISTORIES
 from udfs.scoring import RECOMMEND_SCHEMA, ScoringSettings, recommend_udf
 
@@ -72,11 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     a = _args(argv)
     cli.setup_logging(a.verbose)
     spark = build_spark("r2ec-score")
-    model_dir = registry.resolve(spark, a.warehouse, a.model)
-    try:
-        version = checkpoint.verify(model_dir)["model_version"]
-    except checkpoint.CheckpointError as e:
-        raise cli.JobError(str(e)) from e
+    model_dir, version = registry.resolve_verified(spark, a.warehouse, a.model)
     idx_dir = index_dir(a.warehouse, version)
     from r2ec.index import IndexMismatch, ItemIndex
 

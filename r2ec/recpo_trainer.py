@@ -33,6 +33,7 @@ from r2ec.training import (
     StepCounter,
     apply_lora,
     evaluate_r2ec,
+    finish_run,
     progress_bar,
     validate_and_keep_best,
 )
@@ -179,6 +180,4 @@ def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_sampl
             stopped = "time budget"
             break
     bar.close()
-    acc.save_state(str(state_dir))
-    return {"steps": counter.step, "best_valid_ndcg@10_subset": counter.best, "stopped_by": stopped,
-            "minutes": (time.time() - start) / 60, "best_dir": str(out_dir / "best")}
+    return finish_run(acc, state_dir, counter, stopped, start, out_dir)

@@ -138,6 +138,14 @@ def validate_and_keep_best(r2ec: R2ec, counter: StepCounter, subset: pd.DataFram
     return bool(patience) and counter.evals_since_best >= patience
 
 
+def finish_run(acc, state_dir: Path, counter: StepCounter, stopped: str, start: float,
+               out_dir: Path) -> dict:
+    """The last resumable state, and the run summary both trainers return."""
+    acc.save_state(str(state_dir))
+    return {"steps": counter.step, "best_valid_ndcg@10_subset": counter.best, "stopped_by": stopped,
+            "minutes": (time.time() - start) / 60, "best_dir": str(out_dir / "best")}
+
+
 class EpochOrder:
     """A seeded permutation per epoch and a cursor: its state_dict resumes the exact order."""
 
