@@ -146,7 +146,8 @@ def test_evaluate_writes_rankings_and_metrics_that_recompute(scored):
     pos = np.array(pos)
     for k in (5, 10, 20):
         hit = (pos > 0) & (pos <= k)
-        want = np.where(hit, 1 / np.log2(pos + 1), 0).mean()
+        # a miss (pos 0) contributes 0; log2(max(pos,1)+1) keeps the unused branch finite
+        want = np.where(hit, 1 / np.log2(np.maximum(pos, 1) + 1), 0).mean()
         got = ev[(ev["metric"] == "ndcg") & (ev["k"] == k)]["value"].item()
         assert got == pytest.approx(want, abs=1e-9)
         assert ev[(ev["metric"] == "hit") & (ev["k"] == k)]["value"].item() == pytest.approx(hit.mean())
