@@ -4,13 +4,17 @@
     spark-submit jobs/build_histories.py --as-of 2026-11-26
     spark-submit jobs/build_histories.py --as-of 1998-03-01 --window 20 --split 0.8,0.1,0.1
 
-training_samples: per user, events in time order (ties broken by item id); one sample per
-(previous <= window items -> next item); all samples sorted by target time (then sample_id) and
-split 80/10/10 into train/valid/test, so every train target is no later than every valid
-target, and so on. The whole table is rewritten in one commit.
+training_samples, exactly as the reference preprocessing (RRec's `save_data`) numbers them:
+each user's events in time order, events of the same second in source order (file, line: a
+stable sort of the input); users in order of their first event in the input; one sample per
+position >= 1 with the previous <= window items; all samples stably sorted by target time;
+`sample_id` = the index in that order (the reference's `interaction_id`); the first int(.8 N)
+are train, up to int(.9 N) valid, the rest test. Every train target is no later than every
+valid target, and so on. The whole table is rewritten in one commit.
 
 user_histories: each user's latest <= window events up to the end of --as-of (UTC), oldest
-first, in partition as_of_date = --as-of, replaced in one commit (a re-run gives the same table).
+first in the same order, in partition as_of_date = --as-of, replaced in one commit (a re-run
+gives the same table).
 """
 
 from __future__ import annotations
@@ -48,8 +52,21 @@ def _args(argv: list[str] | None):
 
 def _events(spark, warehouse) -> DataFrame:
     inter = delta_io.read(spark, warehouse, INTERACTIONS)
+    unordered = inter.filter(F.col("source_line").isNull() | F.col("source_file").isNull()).count()
+    if unordered:
+        raise cli.JobError(
+            f"{unordered:,} interaction(s) have no source order (ingested before it was recorded); "
+            "re-run jobs/ingest.py on their files to fill it in, then run this job again")
     items = delta_io.read(spark, warehouse, ITEMS).select("item_id", "title")
-    return inter.join(items, "item_id", "left").select("user_id", "item_id", "title", "rating", "ts")
+    return inter.join(items, "item_id", "left").select(
+        "user_id", "item_id", "title", "rating", "ts", "source_file", "source_line")
+
+
+# Same-second events keep their input order: the protocol sorts each user's events with a
+# stable sort on the timestamp alone. (Breaking ties by item id instead hands models an
+# artificial, learnable order inside every same-second burst; about half of ML-100k's events
+# share their second with the previous one.)
+_EVENT_ORDER = ("ts", "source_file", "source_line")
 
 
 def _history_columns(col: str) -> list:
@@ -61,35 +78,45 @@ def _history_columns(col: str) -> list:
     ]
 
 
+def split_bounds(n: int, fractions: list[float]) -> tuple[int, int]:
+    """(end of train, end of valid) as the reference computes them: int(.8 N), int(.9 N).
+    The cumulative fraction is rounded so that 0.8 + 0.1 is 0.9, not 0.9000000000000001."""
+    return int(n * fractions[0]), int(n * round(fractions[0] + fractions[1], 12))
+
+
 def training_samples(events: DataFrame, window: int, fractions: list[float]) -> DataFrame:
-    by_user = Window.partitionBy("user_id").orderBy("ts", "item_id")
-    ev = events.withColumn("position", (F.row_number().over(by_user) - 1).cast("int"))
+    by_user = Window.partitionBy("user_id").orderBy(*_EVENT_ORDER)
+    first_seen = F.min(F.struct("source_file", "source_line")).over(Window.partitionBy("user_id"))
+    ev = (events.withColumn("position", (F.row_number().over(by_user) - 1).cast("int"))
+          .withColumn("user_first", first_seen))
     hist = F.collect_list(F.struct("item_id", "title", "rating", "ts")).over(
         by_user.rowsBetween(-window, -1))
     samples = (
         ev.withColumn("h", hist).filter(F.col("position") >= 1)
         .select(
-            F.format_string("%s:%05d", "user_id", "position").alias("sample_id"),
-            "user_id", "position", *_history_columns("h"),
+            "user_id", "user_first", "position", *_history_columns("h"),
             F.col("item_id").alias("target_item_id"), F.col("ts").alias("target_ts"),
             F.col("rating").alias("target_rating"),
         )
     ).cache()
     n = samples.count()
-    train_end = int(n * fractions[0])
-    valid_end = int(n * (fractions[0] + fractions[1]))
-    # One global order by target time: this is the paper's split, not leave-one-out.
-    order = F.row_number().over(Window.orderBy("target_ts", "sample_id"))
-    split = (F.when(F.col("_rn") <= train_end, "train")
-              .when(F.col("_rn") <= valid_end, "valid").otherwise("test"))
+    train_end, valid_end = split_bounds(n, fractions)
+    # The reference's stable sort by target time keeps its list order for equal times: users in
+    # order of first appearance, each user's samples by position. One global, un-partitioned
+    # window: fine for millions of samples (Spark warns that it runs in one partition).
+    order = Window.orderBy("target_ts", "user_first", "position")
+    sample_id = (F.row_number().over(order) - 1).cast("long")
+    split = (F.when(F.col("sample_id") < train_end, "train")
+              .when(F.col("sample_id") < valid_end, "valid").otherwise("test"))
     log.info("%d samples: train %d, valid %d, test %d", n, train_end, valid_end - train_end,
              n - valid_end)
-    return samples.withColumn("_rn", order).withColumn("split", split).drop("_rn")
+    return (samples.withColumn("sample_id", sample_id).withColumn("split", split)
+            .drop("user_first"))
 
 
 def user_histories(events: DataFrame, as_of: date, window: int) -> DataFrame:
     end = datetime.combine(as_of + timedelta(days=1), time())
-    recent = F.sort_array(F.collect_list(F.struct("ts", "item_id", "title", "rating")))
+    recent = F.sort_array(F.collect_list(F.struct(*_EVENT_ORDER, "item_id", "title", "rating")))
     hist = (
         events.filter(F.col("ts") < F.lit(end))
         .groupBy("user_id").agg(recent.alias("all"))

@@ -50,12 +50,12 @@ def iso_date(text: str) -> date:
 
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
     """Run a job's main; turn expected errors into one line on stderr and exit status 2."""
-    from jobs.delta_io import TableMissing
+    from jobs.delta_io import TableMissing, TableOutdated
     from schemas import SchemaMismatch
 
     try:
         code = main(argv)
-    except (JobError, TableMissing, SchemaMismatch, FileNotFoundError) as e:
+    except (JobError, TableMissing, TableOutdated, SchemaMismatch, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         code = 2
     sys.exit(code or 0)

@@ -2,7 +2,7 @@
 
 Each write is one Delta commit, so a killed job leaves the previous table version readable and
 intact (Delta only exposes a version once its log entry is committed; files of an unfinished
-write are orphans that no reader sees). The three write modes match DESIGN.md's "how" column:
+write are orphans that no reader sees). The three write modes, one per kind of table:
 
 - `merge_into`: upsert on the table key (idempotent re-ingest, registry, evaluations);
 - `replace_partition`: `replaceWhere` on a partition value (re-running a date replaces that date);
@@ -32,6 +32,21 @@ class TableMissing(RuntimeError):
     """A job needs a table that no earlier job has written."""
 
 
+class TableOutdated(RuntimeError):
+    """A table on disk has an older layout than `schemas/` declares (written by an earlier
+    version); the message says what to run. Nothing is written to it until then."""
+
+
+# What to do when a table has an older layout. Derived tables are rebuilt by the job that
+# writes them; `interactions` is migrated in place by ingest (see `add_missing_columns`).
+_UPGRADE_HINTS = {
+    "interactions": "re-run jobs/ingest.py on the same files: it adds the source-order columns "
+                    "and fills them, nothing else changes",
+    "eval_rankings": "its sample ids belong to an older sample numbering: move the folder aside "
+                     "and re-run jobs/evaluate.py for the models you need",
+}
+
+
 def table_path(warehouse: str | Path, spec: TableSpec) -> str:
     return str(Path(warehouse).resolve() / spec.name)
 
@@ -44,11 +59,63 @@ def read(spark: SparkSession, warehouse: str | Path, spec: TableSpec) -> DataFra
     path = table_path(warehouse, spec)
     if not DeltaTable.isDeltaTable(spark, path):
         raise TableMissing(f"table {spec.name!r} does not exist at {path}; run the job that writes it")
-    return spark.read.format("delta").load(path)
+    table = spark.read.format("delta").load(path)
+    check_layout(spark, warehouse, spec, table)
+    return table
+
+
+def layout_differences(spark: SparkSession, warehouse: str | Path, spec: TableSpec) -> list[str]:
+    """How the table on disk differs from `spec` (missing columns, other types); [] if it is
+    the same or does not exist. Extra columns on disk are not a difference a reader minds."""
+    if not exists(spark, warehouse, spec):
+        return []
+    return _differences(spark.read.format("delta").load(table_path(warehouse, spec)), spec)
+
+
+def _differences(table: DataFrame, spec: TableSpec) -> list[str]:
+    have = {f.name: f.dataType for f in table.schema.fields}
+    out = []
+    for f in spec.schema.fields:
+        if f.name not in have:
+            out.append(f"no column {f.name!r}")
+        elif have[f.name].simpleString() != f.dataType.simpleString():
+            out.append(f"{f.name!r} is {have[f.name].simpleString()}, "
+                       f"this version has {f.dataType.simpleString()}")
+    return out
+
+
+def check_layout(spark: SparkSession, warehouse: str | Path, spec: TableSpec,
+                 table: DataFrame | None = None) -> None:
+    """Raise TableOutdated (one line, with what to run) when the table has an older layout."""
+    diff = _differences(table, spec) if table is not None else \
+        layout_differences(spark, warehouse, spec)
+    if diff:
+        hint = _UPGRADE_HINTS.get(spec.name, f"rebuild it with the job that writes {spec.name}")
+        raise TableOutdated(f"table {spec.name!r} at {table_path(warehouse, spec)} has an older "
+                            f"layout ({'; '.join(diff)}): {hint}")
+
+
+def add_missing_columns(spark: SparkSession, warehouse: str | Path, spec: TableSpec) -> list[str]:
+    """Additive migration: add the nullable columns `spec` has and the table lacks (one Delta
+    commit, no data rewritten). Returns the added names; a type change is not migrated here."""
+    if not exists(spark, warehouse, spec):
+        return []
+    have = set(spark.read.format("delta").load(table_path(warehouse, spec)).columns)
+    new = [f for f in spec.schema.fields if f.name not in have]
+    if not new:
+        return []
+    if any(not f.nullable for f in new):
+        raise TableOutdated(f"table {spec.name!r}: cannot add non-nullable column(s) in place")
+    cols = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in new)
+    spark.sql(f"ALTER TABLE delta.`{table_path(warehouse, spec)}` ADD COLUMNS ({cols})")
+    log.warning("%s: migrated, added column(s) %s", spec.name, ", ".join(f.name for f in new))
+    return [f.name for f in new]
 
 
 def ensure_table(spark: SparkSession, warehouse: str | Path, spec: TableSpec) -> DeltaTable:
-    """Create the (empty) table with its schema and partitioning if it is not there yet."""
+    """Create the (empty) table with its schema and partitioning if it is not there yet; refuse
+    (TableOutdated) to write into a table of an older layout."""
+    check_layout(spark, warehouse, spec)
     builder = (
         DeltaTable.createIfNotExists(spark)
         .location(table_path(warehouse, spec))
@@ -159,16 +226,17 @@ def replace_where(
 
 
 def overwrite(df: DataFrame, spec: TableSpec, warehouse: str | Path) -> dict[str, str]:
-    """Atomically replace the whole table (one commit)."""
+    """Atomically replace the whole table (one commit). The table is derived and rewritten
+    whole, so an older layout is simply replaced by the current one (overwriteSchema)."""
     df = conform(df, spec)
     spark = df.sparkSession
-    ensure_table(spark, warehouse, spec)
-    (
-        _maybe_slowed(df)
-        .write.format("delta")
-        .mode("overwrite")
-        .save(table_path(warehouse, spec))
-    )
+    writer = _maybe_slowed(df).write.format("delta").mode("overwrite")
+    if layout_differences(spark, warehouse, spec):
+        log.warning("%s: older layout on disk, replaced by this version's", spec.name)
+        writer = writer.option("overwriteSchema", "true")
+    if spec.partition_by:
+        writer = writer.partitionBy(*spec.partition_by)
+    writer.save(table_path(warehouse, spec))
     metrics = _last_commit_metrics(DeltaTable.forPath(spark, table_path(warehouse, spec)))
     log.info("%s: overwritten -> version %s %s", spec.name, metrics["version"], _short(metrics))
     return metrics

@@ -7,8 +7,12 @@ and `quarantine`.
 
 Every row read is either accepted or quarantined with a reason, and the job prints
 `read = accepted + quarantined` per file. Tables are written with MERGE on their keys, so
-ingesting the same files again changes nothing. A missing or empty file, or one without the
-required columns, stops the job before anything is written (one-line error, exit status 2).
+ingesting the same files again changes nothing. Each event keeps the file and line it was read
+from (`source_file`, `source_line`): events of the same second keep that order downstream, as
+the evaluation protocol's stable sort does. An `interactions` table written before those columns
+existed is migrated here (columns added); re-ingesting its files fills them. A missing or empty
+file, or one without the required columns, stops the job before anything is written (one-line
+error, exit status 2).
 """
 
 from __future__ import annotations
@@ -98,11 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         for r in refused.groupBy("reason").count().orderBy(F.desc("count")).limit(10).collect():
             log.info("quarantined %d row(s): %s", r["count"], r["reason"])
 
+    delta_io.add_missing_columns(spark, a.warehouse, INTERACTIONS)
     stamp = {"source": F.lit(source), "ingested_at": F.lit(now).cast("timestamp")}
     m_items = delta_io.merge_into(items_ok.withColumns(stamp), ITEMS, a.warehouse,
                                   update_columns=["title", "attributes"])
     m_inter = delta_io.merge_into(inter_ok.withColumns(stamp), INTERACTIONS, a.warehouse,
-                                  update_columns=["rating"])
+                                  update_columns=["rating", "source_file", "source_line"])
     m_q = delta_io.merge_into(_quarantine_rows(refused, source, now), QUARANTINE, a.warehouse)
     for name, m in (("items", m_items), ("interactions", m_inter), ("quarantine", m_q)):
         print(f"{name}: inserted {int(m.get('numTargetRowsInserted', 0)):,}, "

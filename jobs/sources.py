@@ -210,7 +210,7 @@ def read_amazon2023(spark: SparkSession, reviews: str, meta: str, paper_filters:
     """Amazon Reviews 2023 (McAuley Lab): a reviews jsonl and a meta jsonl of one category.
     Items are keyed by `parent_asin`, as the paper does. With `paper_filters` the authors' item
     filters apply: a title with '<span id', over 20 words or of <=1 character, or a price that is
-    not a number, sends the item to quarantine (PAPER.md, "Item filters")."""
+    not a number, sends the item to quarantine (the authors' `load_items`)."""
     r = _json(read_lines(spark, reviews), _REVIEW_SCHEMA, ["user_id", "parent_asin", "timestamp"],
               reviews)
     inter = r.select(
@@ -289,7 +289,9 @@ def validate_items(items: DataFrame) -> tuple[DataFrame, DataFrame]:
 
 
 def validate_interactions(inter: DataFrame, known_items: DataFrame) -> tuple[DataFrame, DataFrame]:
-    """(accepted: user_id, item_id, ts, rating) and (refused: file, line_no, raw, reason).
+    """(accepted: user_id, item_id, ts, rating, source_file, source_line) and (refused: file,
+    line_no, raw, reason). The source file and line travel with each accepted event: they are
+    its order among events of the same second.
     `known_items` has one column, item_id: the catalogue the events may refer to."""
     seconds = F.col("ts_raw").try_cast("double") / F.when(F.col("ts_unit") == "ms", 1000.0).otherwise(1.0)
     df = (
@@ -323,6 +325,7 @@ def validate_interactions(inter: DataFrame, known_items: DataFrame) -> tuple[Dat
     checked = _split_checked(df, reason, ["user_id", "item_id", "_sec"], dup_reason)
     accepted = checked.filter(F.col("reason").isNull()).select(
         "user_id", "item_id", F.timestamp_seconds("_sec").alias("ts"),
-        F.col("_rating").cast("float").alias("rating"))
+        F.col("_rating").cast("float").alias("rating"),
+        F.col("file").alias("source_file"), F.col("line_no").alias("source_line"))
     refused = checked.filter(F.col("reason").isNotNull()).select("file", "line_no", "raw", "reason")
     return accepted, refused.unionByName(_early(inter))

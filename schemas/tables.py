@@ -1,4 +1,4 @@
-"""Every Delta table of the product, declared once (DESIGN.md, "Tables").
+"""Every Delta table of the product, declared once.
 
 A `TableSpec` carries the table's name (also its folder under the warehouse), its Spark schema,
 its key, its partition columns and a one-line description that the README repeats for analysts.
@@ -57,9 +57,15 @@ INTERACTIONS = TableSpec(
         _f("rating", FloatType()),
         _f("source", _S, False),
         _f("ingested_at", _TS, False),
+        # Where the event was read: events in the same second keep this order (the protocol's
+        # stable sort). Nullable only so that a table from before these columns can be migrated
+        # in place (ingest adds them, a re-ingest fills them); build_histories refuses nulls.
+        _f("source_file", _S),
+        _f("source_line", LongType()),
     ]),
     key=("user_id", "item_id", "ts"),
-    description="One row per accepted user-item event (rating/review/purchase), UTC time.",
+    description="One row per accepted user-item event (rating/review/purchase), UTC time, with "
+                "the file and line it was read from (its order among same-second events).",
 )
 
 ITEMS = TableSpec(
@@ -117,7 +123,7 @@ USER_HISTORIES = TableSpec(
 TRAINING_SAMPLES = TableSpec(
     name="training_samples",
     schema=StructType([
-        _f("sample_id", _S, False),
+        _f("sample_id", LongType(), False),
         _f("user_id", _S, False),
         _f("position", IntegerType(), False),
         *_HISTORY_FIELDS,
@@ -128,7 +134,9 @@ TRAINING_SAMPLES = TableSpec(
     ]),
     key=("sample_id",),
     partition_by=("split",),
-    description="(previous <=20 items -> next item) samples, globally split 80/10/10 by target time.",
+    description="(previous <=20 items -> next item) samples; sample_id = position in the stable "
+                "order by target time (the reference preprocessing's interaction_id); split "
+                "80/10/10 along that order.",
 )
 
 ITEM_EMBEDDINGS = TableSpec(
@@ -197,7 +205,7 @@ EVAL_RANKINGS = TableSpec(
     schema=StructType([
         _f("model_version", _S, False),
         _f("split", _S, False),
-        _f("sample_id", _S, False),
+        _f("sample_id", LongType(), False),
         _f("rank", IntegerType(), False),
         _f("item_id", _S, False),
         _f("score", FloatType(), False),

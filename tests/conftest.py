@@ -67,19 +67,21 @@ def synthetic_catalog(n_items: int = 40, n_users: int = 30, seed: int = 0):
     })
     rows = []
     t0 = pd.Timestamp("1998-01-01")
+    n = 0
     for u in range(n_users):
         seq = rng.choice(n_items, size=8, replace=False) + 1
         ts = [t0 + pd.Timedelta(days=int(d)) for d in sorted(rng.integers(0, 300, size=8))]
         for p in range(1, len(seq)):
             h = slice(max(0, p - 20), p)
             rows.append({
-                "sample_id": f"{u}:{p:05d}", "user_id": str(u), "position": p,
+                "sample_id": n, "user_id": str(u), "position": p,
                 "history_item_ids": [str(x) for x in seq[h]],
                 "history_titles": [f"Film number {x} ({1980 + x % 20})" for x in seq[h]],
                 "history_ratings": [float(rng.integers(1, 6)) for _ in seq[h]],
                 "history_ts": ts[h], "target_item_id": str(seq[p]), "target_ts": ts[p],
                 "target_rating": 4.0,
             })
+            n += 1
     samples = pd.DataFrame(rows)
     samples["split"] = "train"
     return items, samples

@@ -24,9 +24,11 @@ def events(ml_warehouse) -> pd.DataFrame:
 
 def test_sample_counts_and_split(samples):
     assert len(samples) == 100_000 - 943
-    assert samples["sample_id"].is_unique
+    assert sorted(samples["sample_id"]) == list(range(len(samples)))
     assert samples["split"].value_counts().to_dict() == {"train": 79_245, "valid": 9_906,
                                                          "test": 9_906}
+    ids = samples.groupby("split")["sample_id"].agg(["min", "max"])
+    assert ids.loc["train", "max"] == 79_244 and ids.loc["test", "min"] == 89_151
     t = samples.groupby("split")["target_ts"].agg(["min", "max"])
     assert t.loc["train", "max"] <= t.loc["valid", "min"]
     assert t.loc["valid", "max"] <= t.loc["test", "min"]
@@ -35,7 +37,8 @@ def test_sample_counts_and_split(samples):
 def test_samples_follow_each_users_timeline(samples, events):
     assert samples["history_item_ids"].map(len).between(1, 20).all()
     user = "196"
-    ev = events[events["user_id"] == user].sort_values(["ts", "item_id"]).reset_index(drop=True)
+    order = ["ts", "source_file", "source_line"]  # same-second events in file order
+    ev = events[events["user_id"] == user].sort_values(order).reset_index(drop=True)
     mine = samples[samples["user_id"] == user].sort_values("position")
     assert list(mine["position"]) == list(range(1, len(ev)))
     for _, s in mine.iterrows():
@@ -72,7 +75,7 @@ def test_user_histories_as_of(spark, ml_warehouse, events):
     before = events[events["ts"] < cutoff]
     assert set(early.index) == set(before["user_id"])
     u = early.index[0]
-    ev = before[before["user_id"] == u].sort_values(["ts", "item_id"])
+    ev = before[before["user_id"] == u].sort_values(["ts", "source_file", "source_line"])
     assert list(early.loc[u, "history_item_ids"]) == list(ev["item_id"].iloc[-20:])
     assert (pd.to_datetime(early["last_ts"], utc=True) < cutoff).all()
     # The other date's partition is untouched.

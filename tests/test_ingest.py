@@ -24,6 +24,11 @@ def test_ml100k_counts(ml_warehouse):
     items = _table(ml_warehouse, "items")
     assert len(inter) == 100_000
     assert inter["user_id"].nunique() == 943
+    # Source order: every event knows its line (line 1 is the header).
+    assert set(inter["source_file"]) == {"ml-100k.inter"}
+    assert sorted(inter["source_line"]) == list(range(2, 100_002))
+    first = inter.set_index("source_line").loc[2]
+    assert (first["user_id"], first["item_id"]) == ("196", "242")
     assert len(items) == 1_682
     assert set(inter["item_id"]) <= set(items["item_id"])
     assert _table(ml_warehouse, "quarantine").empty
@@ -43,6 +48,7 @@ def test_second_ingest_changes_nothing(spark, ml_warehouse, ml100k_dir, capsys):
     assert after == before, "an identical re-ingest must not even commit"
     again = _table(ml_warehouse, "interactions").sort_values(["user_id", "item_id", "ts"])
     assert again.reset_index(drop=True).equals(snapshot.reset_index(drop=True))
+    assert again["source_line"].notna().all(), "the source order survives a re-ingest"
 
 
 ITEM_HEADER = "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq"

@@ -10,7 +10,8 @@ from schemas import ALL_TABLES, INTERACTIONS, SchemaMismatch, conform
 
 pytestmark = pytest.mark.spark
 NOW = datetime(2026, 1, 1)
-COLS = "user_id string, item_id string, ts timestamp, rating float, source string, ingested_at timestamp"
+COLS = ("user_id string, item_id string, ts timestamp, rating float, source string, "
+        "ingested_at timestamp, source_file string, source_line long")
 
 
 def test_every_table_key_and_partition_columns_exist():
@@ -25,12 +26,12 @@ def _df(spark, rows, cols):
 
 
 def test_conform_reorders_and_accepts(spark):
-    df = _df(spark, [(NOW, "u", "i", 4.0, "s", NOW)],
+    df = _df(spark, [(NOW, "u", "i", 4.0, "s", NOW, "f", 2)],
              "ingested_at timestamp, user_id string, item_id string, rating double, source string, "
-             "ts timestamp")
+             "ts timestamp, source_file string, source_line int")
     out = conform(df, INTERACTIONS)
     assert out.columns == INTERACTIONS.column_names
-    assert dict(out.dtypes)["rating"] == "float"
+    assert dict(out.dtypes)["rating"] == "float" and dict(out.dtypes)["source_line"] == "bigint"
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -39,7 +40,7 @@ def test_conform_reorders_and_accepts(spark):
     (lambda df: df.withColumn("ts", df.user_id), "column 'ts' is string"),
 ])
 def test_conform_refuses_shape(spark, mutate, message):
-    df = _df(spark, [("u", "i", NOW, 4.0, "s", NOW)], COLS)
+    df = _df(spark, [("u", "i", NOW, 4.0, "s", NOW, "f", 2)], COLS)
     with pytest.raises(SchemaMismatch, match=message):
         conform(mutate(df), INTERACTIONS)
 
@@ -47,7 +48,8 @@ def test_conform_refuses_shape(spark, mutate, message):
 def test_conform_refuses_nulls_and_duplicate_keys(spark):
     cols = COLS
     with pytest.raises(SchemaMismatch, match="null value.*'item_id'"):
-        conform(_df(spark, [("u", None, NOW, 4.0, "s", NOW)], cols), INTERACTIONS)
-    dup = _df(spark, [("u", "i", NOW, 4.0, "s", NOW), ("u", "i", NOW, 5.0, "s", NOW)], cols)
+        conform(_df(spark, [("u", None, NOW, 4.0, "s", NOW, "f", 2)], cols), INTERACTIONS)
+    dup = _df(spark, [("u", "i", NOW, 4.0, "s", NOW, "f", 2), ("u", "i", NOW, 5.0, "s", NOW, "f", 3)],
+              cols)
     with pytest.raises(SchemaMismatch, match="not unique"):
         conform(dup, INTERACTIONS)
