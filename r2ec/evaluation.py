@@ -9,7 +9,7 @@ eval_rankings table, so anyone can recompute the metrics).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -22,12 +22,33 @@ Scorer = Callable[[pd.DataFrame], np.ndarray]
 
 
 @dataclass
+class EarlyStopping:
+    """The model-selection rule of every trained method (SASRec and both R²ec stages): keep the
+    checkpoint with the best valid NDCG@10, stop after `patience` validations in a row without
+    a better one (0 = never stop early). Its fields are plain, so trainers can save and resume
+    it."""
+
+    patience: int
+    best: float = -1.0
+    since_best: int = 0
+
+    def update(self, value: float) -> tuple[bool, bool]:
+        """Record one validation: (improved, stop)."""
+        if value > self.best:
+            self.best, self.since_best = value, 0
+            return True, False
+        self.since_best += 1
+        return False, bool(self.patience) and self.since_best >= self.patience
+
+
+@dataclass
 class EvalResult:
     metrics: dict[str, float]
     ranks: np.ndarray          # (S,) 1-based rank of each target; N + 1 = masked target
     top_rows: np.ndarray       # (S, top_k) catalogue rows, best first, history masked
     top_scores: np.ndarray     # (S, top_k)
-    sample_ids: list[str]
+    sample_ids: list[int]
+    generations: list = field(default_factory=list)  # R²ec: the reasoning of each sample
 
 
 def history_rows(samples: pd.DataFrame, catalog: Catalog) -> list[list[int]]:

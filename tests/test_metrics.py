@@ -7,7 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from r2ec.metrics import RankAccumulator, metrics_from_ranks, target_ranks
+from r2ec.evaluation import EarlyStopping
+from r2ec.metrics import (
+    RankAccumulator,
+    metrics_from_ranks,
+    ndcg_from_lists,
+    paired_bootstrap,
+    target_ranks,
+)
 
 
 def _scores_with_target_at(rank: int, n: int = 30, target: int = 7) -> np.ndarray:
@@ -50,3 +57,41 @@ def test_accumulator_averages_over_batches():
     m = acc.result()
     assert m["hit@5"] == pytest.approx(2 / 3)
     assert m["ndcg@5"] == pytest.approx((1 + 1 / math.log2(4)) / 3)
+
+
+def test_ndcg_from_lists_matches_ranks():
+    lists = [["a", "b", "c"], ["x", "y", "t"], ["p", "q", "r"]]
+    got = ndcg_from_lists(lists, ["a", "t", "z"], k=3)
+    assert got == pytest.approx([1.0, 1 / math.log2(4), 0.0])
+    assert ndcg_from_lists(lists, ["a", "t", "z"], k=2) == pytest.approx([1.0, 0.0, 0.0])
+
+
+def test_paired_bootstrap_interval():
+    rng = np.random.default_rng(1)
+    base = rng.random(4000)
+    # A constant shift: the difference is exact and the interval has no width.
+    d, lo, hi = paired_bootstrap(base + 0.1, base)
+    assert d == pytest.approx(0.1) and lo == pytest.approx(0.1) and hi == pytest.approx(0.1)
+    # Pure noise around the same mean: the interval holds 0 and is about +-1.96 s.e. wide.
+    noise = rng.normal(0, 1, 4000)
+    d, lo, hi = paired_bootstrap(noise, np.zeros(4000), n_boot=3000)
+    se = noise.std() / math.sqrt(4000)
+    assert lo < 0 < hi
+    assert (hi - lo) == pytest.approx(2 * 1.96 * se, rel=0.15)
+    # A real, small gain on paired data is found even though each arm is noisy.
+    d, lo, hi = paired_bootstrap(base + 0.02 + rng.normal(0, 0.05, 4000), base)
+    assert lo > 0
+    with pytest.raises(ValueError):
+        paired_bootstrap(np.zeros(3), np.zeros(4))
+
+
+def test_early_stopping_rule():
+    stop = EarlyStopping(patience=2)
+    assert stop.update(0.1) == (True, False)
+    assert stop.update(0.1) == (False, False)  # equal is not better
+    assert stop.update(0.2) == (True, False)
+    assert stop.update(0.15) == (False, False)
+    assert stop.update(0.19) == (False, True)
+    assert stop.best == 0.2
+    never = EarlyStopping(patience=0)
+    assert [never.update(0.0)[1] for _ in range(10)] == [False] * 10
