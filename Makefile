@@ -18,7 +18,8 @@ RUN_DATE ?= $(shell date -u +%F)
 # ML-100k ends on 1998-04-22: the demo scores each user as of the end of the data, so that the
 # prompts' "3 days ago" ages look like the ones the model was trained on.
 AS_OF ?= 1998-04-22
-MODEL_CONFIG ?= configs/default-model.json
+MODEL_CONFIG ?= configs/default-model-2026-11-26.json
+# Training minutes (validations not counted) of the two stages of the default model.
 WARMSTART_MINUTES ?= 20
 RECPO_MINUTES ?= 5
 TRAIN_MINUTES := $(shell echo $$(( $(WARMSTART_MINUTES) + $(RECPO_MINUTES) )))
@@ -40,7 +41,7 @@ help:  ## list the targets
 $(STAMP): pyproject.toml constraints.txt
 	@command -v java >/dev/null || { echo "error: Java 17+ is needed for Spark (apt-get install openjdk-17-jre-headless)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	# torch first, alone: later resolution must not swap it for another build (STACK.md)
+	# torch first, alone: later resolution must not swap it for another build
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev,airflow]'
 	touch $@
@@ -65,7 +66,7 @@ $(DATA_DIR)/ml-100k.inter: | $(STAMP)
 data: $(DATA_DIR)/ml-100k.inter  ## fetch MovieLens-100k (from the recbole wheel on PyPI)
 
 $(MODEL_DIR)/manifest.json: | $(STAMP) .jars/.done
-	# The default model, built and trained by the project (configs/default-model.json); the
+	# The default model, built and trained by the project ($(MODEL_CONFIG)); the
 	# first `make run` spends about $(TRAIN_MINUTES) minutes of training here, later runs reuse it.
 	$(SUBMIT) jobs/build_model.py --config $(MODEL_CONFIG) --out models/work/init --register none
 	$(SUBMIT) jobs/train_recpo.py --config $(MODEL_CONFIG) --stage warmstart --model models/work/init \

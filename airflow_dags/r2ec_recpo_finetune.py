@@ -59,7 +59,7 @@ with DAG(
         "repo": Param(REPO, type="string"),
         "warehouse": Param(f"{REPO}/warehouse", type="string"),
         "models": Param(f"{REPO}/models", type="string", description="where candidates are written"),
-        "config": Param(f"{REPO}/configs/default-model.json", type="string",
+        "config": Param(f"{REPO}/configs/default-model-2026-11-26.json", type="string",
                         description="frozen RecPO settings"),
         "train_minutes": Param(60, type="number", minimum=1, description="RecPO time budget"),
         "max_new_tokens": Param(32, type="integer", minimum=1),

@@ -58,7 +58,7 @@ def main() -> None:
         vectors = r2ec.encode_items(prompts)
         best = min(best, time.perf_counter() - t)
     results["item_encoding_items_per_s"] = len(prompts) / best
-    index = ItemIndex(catalog.ids, vectors, r2ec.model_version)
+    index = ItemIndex(catalog.ids, vectors, r2ec.model_version, tau=r2ec.tau)
     rec = Recommender(r2ec, index)
     refs = times(pd.to_datetime(hist["as_of_date"]) + pd.Timedelta(days=1))  # end of the as-of day
     h = histories(hist)

@@ -49,7 +49,7 @@ def main() -> None:
     for backend in a.backends.split(","):
         r2ec = R2ec.load(a.model, device=a.device, backend=backend, batch_size=256)
         vectors = r2ec.encode_items(r2ec.item_prompts(catalog.ids, catalog.titles, catalog.attributes))
-        rec = Recommender(r2ec, ItemIndex(catalog.ids, vectors, r2ec.model_version))
+        rec = Recommender(r2ec, ItemIndex(catalog.ids, vectors, r2ec.model_version, tau=r2ec.tau))
         rec.recommend(histories(hist.head(32)), refs[:32], sampling=sampling)  # warm-up
         sync()
         t = time.perf_counter()

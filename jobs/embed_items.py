@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     cli.setup_logging(a.verbose)
     spark = build_spark("r2ec-embed-items")
     model_dir, version = registry.resolve_verified(spark, a.warehouse, a.model)
+    from r2ec.checkpoint import load_settings
+
+    tau = load_settings(model_dir).tau
     items = delta_io.read(spark, a.warehouse, ITEMS).select("item_id", "title", "attributes")
     n_items = items.count()
     folder = index_dir(a.warehouse, version)
@@ -78,9 +81,11 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = (delta_io.read(spark, a.warehouse, ITEM_EMBEDDINGS)
             .filter(F.col("model_version") == version).select("item_id", "embedding")
+            .join(items.select("item_id", "title"), "item_id", "left")
             .orderBy("item_id").toPandas())
     index = ItemIndex(list(rows["item_id"]), np.stack(rows["embedding"].to_numpy()).astype("float32"),
-                      model_version=version, kind=a.index_kind)
+                      model_version=version, kind=a.index_kind, tau=tau,
+                      titles=[t or "" for t in rows["title"]])
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     index.save(tmp)

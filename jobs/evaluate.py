@@ -4,10 +4,14 @@ protocol: Hit@K and NDCG@K, K = 5, 10, 20, full catalogue, greedy reasoning.
 
     bin/r2ec-submit jobs/evaluate.py --split test
     bin/r2ec-submit jobs/evaluate.py --model models/ws/best --split valid --no-reasoning
+    bin/r2ec-submit jobs/evaluate.py --split test --samples 8 --temperature 1.0   # test-time scaling
 
 Writes the ranked lists to `eval_rankings` (replacing that model's rows for the split) and the
-metrics to `evaluations` (MERGE on model, dataset, split, metric, k), then prints the table.
-Metrics up to K = 20 only need each target's position in the top 20, so they are exact.
+metrics to `evaluations` (MERGE on model, dataset, split, mode, metric, k), then prints the
+table. Metrics up to K = 20 only need each target's position in the top 20, so they are exact.
+With reasoning, the rationales' quality (distinct lines, grounded items and genres, agreement
+with what was recommended; `r2ec.reasoning.rationale_metrics`) is stored next to them as
+metrics named `rationale_*`.
 """
 
 from __future__ import annotations
@@ -20,11 +24,35 @@ from pyspark.sql import functions as F
 from jobs import cli, delta_io, registry
 from jobs.embed_items import index_dir
 from jobs.session import build_spark
-from schemas import EVAL_RANKINGS, EVALUATIONS, TRAINING_SAMPLES
+from schemas import EVAL_RANKINGS, EVALUATIONS, ITEMS, TRAINING_SAMPLES
 from udfs.scoring import RECOMMEND_SCHEMA, ScoringSettings, recommend_udf
 
 log = logging.getLogger("evaluate")
 KS = (5, 10, 20)
+
+
+def eval_mode(reasoning: bool, samples: int = 1, temperature: float = 0.0) -> str:
+    """How h_T was computed, as recorded in `evaluations.mode`."""
+    if not reasoning:
+        return "no_reasoning"
+    if samples == 1 and temperature <= 0:
+        return "greedy_reasoning"
+    return f"reasoning_x{samples}_t{temperature:g}"
+
+
+def _rationale_quality(spark, warehouse, ranked, samples) -> dict[str, float]:
+    from r2ec.data import Catalog
+    from r2ec.reasoning import item_tags, rationale_metrics
+
+    items = delta_io.read(spark, warehouse, ITEMS).select("item_id", "title", "attributes").toPandas()
+    catalog = Catalog.from_frame(items)
+    tags = {i: item_tags(a) for i, a in zip(catalog.ids, catalog.attributes, strict=True)}
+    df = (ranked.select("sample_id", "text", "item_ids")
+          .join(samples.select("sample_id", "history_titles"), "sample_id").toPandas())
+    return rationale_metrics(
+        list(df["text"]), [list(h) for h in df["history_titles"]],
+        [[tags.get(i, []) for i in ids] for ids in df["item_ids"]],
+        set(catalog.titles), {t for ts in tags.values() for t in ts})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,17 +61,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
     p.add_argument("--dataset", default="ml-100k", help="dataset name recorded with the metrics")
     p.add_argument("--no-reasoning", action="store_true", help="the paper's w/o-reasoning ablation")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="reasoning budget (greedy)")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="reasoning budget")
+    p.add_argument("--samples", type=int, default=1,
+                   help="reasonings per sample; > 1 averages their normalised h_T (needs "
+                        "--temperature > 0): test-time scaling")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--sampling-top-k", type=int, default=0, help="top-k of sampling (0 = off)")
     p.add_argument("--limit", type=int, default=0, help="evaluate the first N samples only")
     p.add_argument("--backend", default="transformers", choices=["transformers", "vllm"])
     p.add_argument("--device", default=None)
     p.add_argument("--only-if-missing", action="store_true",
                    help="do nothing when evaluations already hold this model/split/mode")
     a = p.parse_args(argv)
+    if a.samples < 1 or (a.samples > 1 and a.temperature <= 0):
+        p.error("--samples must be >= 1, and > 1 needs --temperature > 0")
     cli.setup_logging(a.verbose)
     spark = build_spark("r2ec-evaluate")
     model_dir, version = registry.resolve_verified(spark, a.warehouse, a.model)
-    mode = "no_reasoning" if a.no_reasoning else "greedy_reasoning"
+    mode = eval_mode(not a.no_reasoning, a.samples, a.temperature)
     if a.only_if_missing and delta_io.exists(spark, a.warehouse, EVALUATIONS):
         done = delta_io.read(spark, a.warehouse, EVALUATIONS).filter(
             (F.col("model_version") == version) & (F.col("split") == a.split)
@@ -67,11 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     n = samples.count()
     settings = ScoringSettings(
         model_dir=str(model_dir.resolve()), index_dir=str(idx), top_k=max(KS),
-        reasoning=not a.no_reasoning, max_new_tokens=a.max_new_tokens, backend=a.backend,
+        reasoning=not a.no_reasoning, max_new_tokens=a.max_new_tokens, samples=a.samples,
+        temperature=a.temperature, sampling_top_k=a.sampling_top_k, backend=a.backend,
         device=a.device, key_column="sample_id")
     parts = max(spark.sparkContext.defaultParallelism, n // 2000)
     ranked = (samples.repartition(parts).mapInPandas(recommend_udf(settings), RECOMMEND_SCHEMA)
-              .withColumnRenamed("key", "sample_id").cache())
+              .withColumn("sample_id", F.col("key").cast("long")).drop("key").cache())
     rankings = ranked.select(
         F.lit(version).alias("model_version"), F.lit(a.split).alias("split"), "sample_id",
         F.posexplode(F.arrays_zip("item_ids", "scores")).alias("pos", "r")).select(
@@ -91,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     rows = [(version, a.dataset, a.split, name.split("@")[0], int(name.split("@")[1]), float(v), n,
              mode, now) for name, v in m.items()]
+    if not a.no_reasoning:
+        quality = _rationale_quality(spark, a.warehouse, ranked, samples)
+        rows += [(version, a.dataset, a.split, f"rationale_{name.split('@')[0]}",
+                  int(name.split("@")[1]) if "@" in name else 0, float(v), n, mode, now)
+                 for name, v in quality.items() if v == v]  # NaN: nothing of that kind named
+        print("rationales: " + ", ".join(f"{k} {v:.3f}" for k, v in quality.items()), flush=True)
     df = spark.createDataFrame(rows, EVALUATIONS.schema)
     delta_io.merge_into(df, EVALUATIONS, a.warehouse,
                         update_columns=["value", "n_samples", "mode", "evaluated_at"])

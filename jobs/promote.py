@@ -8,7 +8,8 @@ candidate becomes champion and the old champion is retired in the same commit. O
 candidate is recorded as rejected and the champion stays.
 
 With no champion yet, the candidate is promoted, but it is also compared with the last-item
-transition baseline on the same split (SMALL_MODEL.md's ship rule): if it does not beat that,
+transition baseline on the same split (the ship rule: a model that loses to last-item
+transitions is not worth its compute): if it does not beat that,
 the job says so loudly (and --require-baseline turns that into a refusal).
 """
 

@@ -1,5 +1,6 @@
-"""Train the dual-head model: stage `warmstart` (no reasoning, contrastive) or stage `recpo`
-(RecPO reinforcement learning of the reasoning, the paper's method), then register the result.
+"""Train the dual-head model: stage `warmstart` (multi-target contrastive, optionally teaching a
+reasoning format) or stage `recpo` (RecPO reinforcement learning of the reasoning, the paper's
+method), then register the result.
 
     bin/r2ec-submit jobs/train_recpo.py --stage warmstart --model models/default-init --out models/ws
     bin/r2ec-submit jobs/train_recpo.py --stage recpo --model champion --out models/recpo --max-minutes 30
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         from r2ec.warmstart import train as run
 
         cfg = cli.dataclass_from_args(a, WarmStartConfig, "ws_")
-        reasoning = cfg.eval_reasoning and cfg.recap_max_items > 0
+        reasoning = cfg.eval_reasoning and cfg.reasoning_share > 0
     else:
         from r2ec.recpo import RecPOConfig
         from r2ec.recpo_trainer import train as run

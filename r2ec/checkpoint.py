@@ -19,16 +19,44 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from r2ec.config import PromptConfig, from_dict
+from r2ec.prompts import PROMPT_FORMAT
 
 MANIFEST = "manifest.json"
 R2EC_CONFIG = "r2ec_config.json"
 FORMAT = "r2ec-checkpoint/1"
+
+
+@dataclass(frozen=True)
+class R2ecSettings:
+    """What a model only works with and so travels inside its checkpoint (r2ec_config.json):
+    the prompt settings (history window, category words, ...), the prompt format version, and
+    tau, the temperature of the recommendation head (score = cosine / tau)."""
+
+    prompt: PromptConfig
+    tau: float = 0.02  # the authors' code; the paper writes a plain inner product
+    prompt_format: int = PROMPT_FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps({"prompt": asdict(self.prompt), "tau": self.tau,
+                           "prompt_format": self.prompt_format}, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> R2ecSettings:
+        data = json.loads(text)
+        fmt = data.get("prompt_format", 1)
+        if fmt != PROMPT_FORMAT:
+            raise CheckpointError(
+                f"{where}: the model was trained on prompt format {fmt} (this version writes "
+                f"format {PROMPT_FORMAT}: gaps between events instead of ages before the target); "
+                "train it again (the default model: rm -rf models/default && make model; others: "
+                "jobs/train_recpo.py) or adopt the backbone again")
+        return cls(from_dict(PromptConfig, data["prompt"]), float(data["tau"]), fmt)
 
 
 class CheckpointError(RuntimeError):
@@ -67,9 +95,9 @@ def write_manifest(folder: Path, extra: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def save(model, tokenizer, out_dir: str | Path, prompt: PromptConfig,
+def save(model, tokenizer, out_dir: str | Path, settings: R2ecSettings,
          base_model: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write model + tokenizer + prompt config + manifest atomically: into a temporary sibling
+    """Write model + tokenizer + R²ec settings + manifest atomically: into a temporary sibling
     folder, then renamed over `out_dir`. A LoRA-wrapped model is merged first."""
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -80,8 +108,7 @@ def save(model, tokenizer, out_dir: str | Path, prompt: PromptConfig,
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / R2EC_CONFIG).write_text(json.dumps({"prompt": asdict(prompt)}, indent=2,
-                                                  sort_keys=True))
+        (tmp / R2EC_CONFIG).write_text(settings.to_json())
         for p in tmp.rglob("*"):
             # transformers writes 0600 files; Spark/Airflow workers may run as other users.
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
@@ -126,8 +153,14 @@ def verify(folder: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def load_settings(folder: str | Path) -> R2ecSettings:
+    """The R²ec settings of a checkpoint (prompt settings, tau), without loading the model."""
+    folder = Path(folder)
+    return R2ecSettings.from_json((folder / R2EC_CONFIG).read_text(), str(folder))
+
+
 def load(folder: str | Path, device=None, dtype=None, check: bool = True):
-    """(model, tokenizer, prompt config, manifest) from a checkpoint directory."""
+    """(model, tokenizer, R2ecSettings, manifest) from a checkpoint directory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(folder)
@@ -138,11 +171,11 @@ def load(folder: str | Path, device=None, dtype=None, check: bool = True):
             folder, local_files_only=True, use_safetensors=True, dtype=dtype or "auto")
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{folder}: cannot be loaded ({e})") from e
-    prompt = from_dict(PromptConfig, json.loads((folder / R2EC_CONFIG).read_text())["prompt"])
+    settings = load_settings(folder)
     if device is not None:
         model = model.to(device)
     model.eval()
-    return model, tokenizer, prompt, manifest
+    return model, tokenizer, settings, manifest
 
 
 def adopt(src: str | Path, dst: str | Path, prompt: PromptConfig) -> dict[str, Any]:
@@ -156,7 +189,8 @@ def adopt(src: str | Path, dst: str | Path, prompt: PromptConfig) -> dict[str, A
     model = AutoModelForCausalLM.from_pretrained(src, local_files_only=True)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
-    return save(model, tokenizer, dst, prompt, base_model=str(src), extra={"stage": "adopted"})
+    return save(model, tokenizer, dst, R2ecSettings(prompt), base_model=str(src),
+                extra={"stage": "adopted"})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import tempfile
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,27 +21,39 @@ import torch
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
 from r2ec import checkpoint
+from r2ec.checkpoint import R2ecSettings
 from r2ec.config import DefaultModelConfig, PromptConfig
 from r2ec.data import Catalog, histories, times
-from r2ec.prompts import ANSWER, ANSWER_END, Prompter, all_ages, item_token
+from r2ec.prompts import ANSWER, ANSWER_END, FIRST, Prompter, all_gaps, item_token
+from r2ec.reasoning import BECAUSE, GENRES, line_ref
 from r2ec.tokenizer import CHAT_TEMPLATE, IM_END, IM_START, train_tokenizer
 
 log = logging.getLogger(__name__)
 
 
-def template_fragments(prompter: Prompter, ratings: list[float]) -> list[str]:
+def template_fragments(prompter: Prompter, ratings: list[float],
+                       attribute_keys: Iterable[str] = ()) -> list[str]:
     """Pieces of the prompt templates that become single tokens: the instruction sentences
-    (split at the special tokens they contain), '{age}: [' and '] ({rating})' line parts."""
+    (split at the special tokens they contain), the '\n{gap}: [' line starts, the '\nnow, {gap}'
+    lines and the '] ({rating})' line ends: a history line is then its item token, its title
+    and two template tokens."""
     pieces = []
     for sentence in (prompter.user_instruction(), prompter.item_instruction()):
         for special in (ANSWER, ANSWER_END):
             sentence = sentence.replace(special, "\x00")
         pieces += [p for p in sentence.split("\x00") if p.strip()]
-    pieces += [f"{a}: [" for a in all_ages()]
+    pieces += [f"\n{g}: [" for g in [FIRST, *all_gaps()]]
+    pieces += ["\nnow"] + [f"\nnow, {g}" for g in all_gaps()]
     # Years in titles, "Toy Story (1995)": Qwen2's split makes every digit a token, 6 per year.
     pieces += [f" ({y})" for y in range(1900, 2031)]
-    for r in sorted(set(ratings)):
-        pieces += [f"] ({r:g})\n", f"] ({r:g})"]
+    pieces += [f"] ({r:g})" for r in sorted(set(ratings))]
+    # The chat turns' role lines and the item prompt's keys, and the reasoning's two headings.
+    # Keys end at the colon, so that values keep their leading space (" Drama" is then the same
+    # token in item prompts and in the reasoning's "Genres: Drama"); a title starts with its
+    # item token, so "Title: " takes the space.
+    pieces += ["user\n", "assistant\n", "\nTitle: "]
+    pieces += [f"\n{k.replace('_', ' ').capitalize()}:" for k in sorted(attribute_keys)]
+    pieces += [GENRES, BECAUSE] + [line_ref(k) for k in range(1, prompter.cfg.window + 1)]
     return pieces
 
 
@@ -67,7 +80,8 @@ def build(items: pd.DataFrame, samples: pd.DataFrame | None, out_dir: str | Path
             corpus.append(_chat(plain.user_content(hist, ref)))
         ratings = sorted({float(r) for rs in samples["history_ratings"].head(5000) for r in rs
                           if r is not None and r == r} | set(ratings))
-    fragments = template_fragments(plain, ratings)
+    keys = {k for a in catalog.attributes for k in a if k != "description"}
+    fragments = template_fragments(plain, ratings, keys)
     tok = train_tokenizer(corpus, cfg.vocab_size, fragments=fragments,
                           item_tokens=[item_token(i) for i in catalog.ids])
     tok.chat_template = CHAT_TEMPLATE
@@ -93,7 +107,7 @@ def build(items: pd.DataFrame, samples: pd.DataFrame | None, out_dir: str | Path
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: Qwen2 %dx%d, %.2fM parameters", cfg.hidden_size, cfg.num_layers, n_params / 1e6)
     return checkpoint.save(
-        model, tok, out_dir, prompt,
+        model, tok, out_dir, R2ecSettings(prompt),
         base_model=f"r2ec-default-qwen2-{cfg.hidden_size}x{cfg.num_layers}",
         extra={"stage": "build", "default_model_config": asdict(cfg), "parameters": n_params},
     )

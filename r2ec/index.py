@@ -1,7 +1,7 @@
 """The item index: FAISS over L2-normalised H_V, so inner product = cosine, and score = cos/tau.
 
 Exact search (IndexFlatIP) is the default: below ~1M items it is both faster and exact
-(STACK.md measured 51 ms for 1k queries over 10k items). HNSW and IVF are options; building one
+(measured: 51 ms for 1k queries over 10k items). HNSW and IVF are options; building one
 measures and records its recall@k against exact search, so nobody uses it blind.
 
 Top-k never returns a user's excluded items (the history window), even when they score highest:
@@ -24,6 +24,7 @@ import faiss
 import numpy as np
 
 INDEX_FILE, IDS_FILE, MANIFEST_FILE = "index.faiss", "ids.json", "index_manifest.json"
+TITLES_FILE = "titles.json"
 
 
 class IndexMismatch(RuntimeError):
@@ -74,13 +75,17 @@ def _build(kind: str, vectors: np.ndarray, hnsw_m: int = 32, ef_search: int = 12
 
 class ItemIndex:
     def __init__(self, ids: Sequence[str], vectors: np.ndarray, model_version: str,
-                 kind: str = "flat", tau: float = 0.02, recall_k: int = 10, **build_kw):
+                 kind: str = "flat", tau: float = 0.02, recall_k: int = 10,
+                 titles: Sequence[str] | None = None, **build_kw):
         if len(ids) != len(vectors):
             raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
         if len(set(ids)) != len(ids):
             raise ValueError("item ids must be unique")
         self.ids = list(ids)
         self.row = {item: i for i, item in enumerate(self.ids)}
+        # Titles travel with the index so that rationales can name items ("[Heat (1995)]")
+        # wherever scoring runs, without another table read.
+        self.titles = dict(zip(self.ids, titles, strict=True)) if titles is not None else {}
         self.vectors = _normalise(vectors)
         self.tau = tau
         self.index = _build(kind, self.vectors, **build_kw)
@@ -128,6 +133,7 @@ class ItemIndex:
         folder.mkdir(parents=True, exist_ok=True)
         faiss.write_index(self.index, str(folder / INDEX_FILE))
         (folder / IDS_FILE).write_text(json.dumps(self.ids))
+        (folder / TITLES_FILE).write_text(json.dumps(self.titles))
         np.save(folder / "vectors.npy", self.vectors)
         (folder / MANIFEST_FILE).write_text(json.dumps(asdict(self.manifest), indent=2))
         return folder
@@ -152,6 +158,8 @@ class ItemIndex:
         self = cls.__new__(cls)
         self.ids, self.row = ids, {item: i for i, item in enumerate(ids)}
         self.vectors, self.tau, self.manifest = vectors, tau, manifest
+        titles = folder / TITLES_FILE
+        self.titles = json.loads(titles.read_text()) if titles.is_file() else {}
         self.index = faiss.read_index(str(folder / INDEX_FILE))
         if self.index.ntotal != len(ids):
             raise IndexMismatch(f"{folder}: {INDEX_FILE} holds {self.index.ntotal} vectors, "

@@ -11,7 +11,7 @@
     prompts = m.user_prompts(histories, ref_times)
     gens = m.reason(prompts)                      # greedy, one reasoning each
     h = m.user_state(prompts, [g[0] for g in gens])
-    scores = R2ec.score(h, H)
+    scores = R2ec.score(h, H, m.tau)
 
 "No reasoning" mode (the paper's ablation, and cheap scoring): `user_state(prompts, None)` reads
 h_T straight after the prompt with the assistant turn pre-filled with <answer>.
@@ -30,9 +30,10 @@ from r2ec import checkpoint
 from r2ec.backends import Generation, GenerationBackend, make_backend
 from r2ec.config import PromptConfig, SamplingConfig
 from r2ec.modeling import last_token_states, pad_batch, pick_device
-from r2ec.prompts import ANSWER, HistoryItem, Prompter, item_messages, user_messages
+from r2ec.prompts import ANSWER, HistoryItem, Prompter, item_messages, now_line
 
 DEFAULT_TAU = 0.02
+_SLOT = "\ue000"  # a private-use character marks where a message's content goes
 
 
 class R2ec:
@@ -53,6 +54,8 @@ class R2ec:
             raise ValueError(f"the tokenizer has no {ANSWER} token")
         self.answer_id = vocab[ANSWER]
         self.prompter = Prompter(prompt, has_token=lambda t: t in vocab)
+        self._cache: dict[str, list[int]] = {}
+        self._user_head, self._user_tail, self._item_head, self._item_tail = self._chat_parts()
         self.backend: GenerationBackend = make_backend(
             backend, self.model, tokenizer, self.device, self.answer_id,
             model_dir=str(model_dir) if model_dir else None, batch_size=batch_size,
@@ -61,9 +64,9 @@ class R2ec:
     @classmethod
     def load(cls, model_dir: str | Path, device: str | None = None, backend: str = "transformers",
              dtype=None, **kw) -> R2ec:
-        model, tok, prompt, manifest = checkpoint.load(model_dir, dtype=dtype)
-        return cls(model, tok, prompt, device=device, backend=backend, model_dir=model_dir,
-                   model_version=manifest["model_version"],
+        model, tok, settings, manifest = checkpoint.load(model_dir, dtype=dtype)
+        return cls(model, tok, settings.prompt, tau=settings.tau, device=device, backend=backend,
+                   model_dir=model_dir, model_version=manifest["model_version"],
                    base_model=manifest.get("base_model", "unknown"), **kw)
 
     def set_model(self, model) -> None:
@@ -75,43 +78,73 @@ class R2ec:
     def save(self, out_dir: str | Path, stage: str, extra: dict | None = None) -> dict:
         """Checkpoint the current weights (LoRA merged into a copy); returns the manifest."""
         manifest = checkpoint.save(
-            self.model, self.tokenizer, out_dir, self.prompt_cfg,
+            self.model, self.tokenizer, out_dir, checkpoint.R2ecSettings(self.prompt_cfg, self.tau),
             base_model=self.base_model, extra={"stage": stage, "parent_version": self.model_version,
                                                **(extra or {})})
         return manifest
 
     # -- prompts -> token ids ----------------------------------------------------------------
+    # Prompts are built from segments, each tokenised on its own and cached (the same line is
+    # written for many users and many training windows): the instruction with the chat
+    # template's head, one segment per history line, and the "now" line with the template's end
+    # of turn. The multi-target warm start packs exactly these segments, so its readouts are the
+    # states that inference computes.
     def _encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = self._cache.get(text)
+        if ids is None:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(self._cache) < 2_000_000:
+                self._cache[text] = ids
+        return list(ids)
+
+    def _chat_parts(self) -> tuple[str, str, str, str]:
+        """(user head, user tail, item head, item tail) of the model's own chat template."""
+        tok = self.tokenizer
+        user = tok.apply_chat_template([{"role": "user", "content": _SLOT}], tokenize=False,
+                                       add_generation_prompt=True)
+        item = tok.apply_chat_template(item_messages(_SLOT), tokenize=False,
+                                       continue_final_message=True)
+        if user.count(_SLOT) != 1 or item.count(_SLOT) != 1:
+            raise ValueError("the tokenizer's chat template does not keep a message's content whole")
+        return (*user.split(_SLOT), *item.split(_SLOT))
+
+    def prefix_ids(self) -> list[int]:
+        """The chat template's head and the instruction: the start of every user prompt."""
+        return self._encode(self._user_head + self.prompter.user_instruction())
+
+    def line_ids(self, h: HistoryItem, previous: datetime | None) -> list[int]:
+        return self._encode(self.prompter.history_line(h, previous))
+
+    def readout_ids(self, last: datetime | None, ref_time: datetime) -> list[int]:
+        """The "now" line and the end of the user turn, up to the assistant's header."""
+        return self._encode(now_line(last, ref_time) + self._user_tail)
 
     def item_prompts(self, item_ids: Sequence[str], titles: Sequence[str],
                      attributes: Sequence[Mapping[str, str] | None]) -> list[list[int]]:
         """Token ids of each item prompt, ending with the pre-filled <answer>."""
-        out = []
-        for iid, title, attrs in zip(item_ids, titles, attributes, strict=True):
-            content = self.prompter.item_content(iid, title, attrs)
-            text = self.tokenizer.apply_chat_template(
-                item_messages(content), tokenize=False, continue_final_message=True)
-            out.append(self._encode(text))
-        return out
+        return [self._encode(self._item_head + self.prompter.item_content(iid, title, attrs)
+                             + self._item_tail)
+                for iid, title, attrs in zip(item_ids, titles, attributes, strict=True)]
+
+    def user_prompt(self, history: Sequence[HistoryItem], ref_time: datetime) -> list[int]:
+        """Token ids of one user prompt, up to and including the assistant header. The oldest
+        history lines are dropped while the prompt exceeds `max_prompt_tokens`."""
+        recent = self.prompter.window(history)
+        lines = [self.line_ids(h, recent[i - 1].ts if i else None) for i, h in enumerate(recent)]
+        head = self.prefix_ids()
+        tail = self.readout_ids(recent[-1].ts if recent else None, ref_time)
+        drop = 0
+        while drop < len(recent) and len(head) + len(tail) + sum(map(len, lines)) > \
+                self.prompt_cfg.max_prompt_tokens:
+            drop += 1
+            lines = lines[1:]
+            if lines:  # the new first line is written as "first"
+                lines[0] = self.line_ids(recent[drop], None)
+        return head + [t for ln in lines for t in ln] + tail
 
     def user_prompts(self, histories: Sequence[Sequence[HistoryItem]],
                      ref_times: Sequence[datetime]) -> list[list[int]]:
-        """Token ids of each user prompt, up to and including the assistant header. The oldest
-        history lines are dropped while the prompt exceeds `max_prompt_tokens`."""
-        out = []
-        for hist, ref in zip(histories, ref_times, strict=True):
-            drop = 0
-            while True:
-                content = self.prompter.user_content(hist, ref, drop_oldest=drop)
-                text = self.tokenizer.apply_chat_template(
-                    user_messages(content), tokenize=False, add_generation_prompt=True)
-                ids = self._encode(text)
-                if len(ids) <= self.prompt_cfg.max_prompt_tokens or drop >= len(hist):
-                    break
-                drop += 1
-            out.append(ids)
-        return out
+        return [self.user_prompt(h, r) for h, r in zip(histories, ref_times, strict=True)]
 
     def user_sequences(self, prompts: Sequence[Sequence[int]],
                        reasonings: Sequence[Generation | Sequence[int]] | None) -> list[list[int]]:
@@ -138,6 +171,26 @@ class R2ec:
         """h_T: (B, d) float32. `reasonings=None` is the no-reasoning mode."""
         return self.backend.last_hidden_states(self.user_sequences(prompts, reasonings))
 
+    def reasoned_states(self, prompts: Sequence[Sequence[int]], reasoning: bool = True,
+                        samples: int = 1, sampling: SamplingConfig | None = None
+                        ) -> tuple[np.ndarray, list[list[Generation]] | None]:
+        """(h_T (B, d), reasonings) the way scoring computes them: no reasoning; one reasoning
+        (greedy unless `sampling` says otherwise); or, with `samples` > 1 (test-time scaling),
+        the mean of the L2-normalised h_T of that many sampled reasonings."""
+        if not reasoning:
+            return self.user_state(prompts, None), None
+        sampling = sampling or SamplingConfig()
+        if samples > 1 and sampling.temperature <= 0:
+            raise ValueError("more than one sampled reasoning needs a temperature > 0")
+        gens = self.reason(prompts, n=samples, sampling=sampling)
+        if samples == 1:
+            return self.user_state(prompts, [g[0] for g in gens]), gens
+        states = []
+        for s in range(samples):
+            h = self.user_state(prompts, [g[s] for g in gens])
+            states.append(h / np.maximum(np.linalg.norm(h, axis=1, keepdims=True), 1e-12))
+        return np.mean(states, axis=0), gens
+
     # -- training-side forward (gradient flows) ----------------------------------------------
     def states_with_grad(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
         ids, mask = pad_batch(seqs, self.tokenizer.pad_token_id, "right", self.device)
@@ -146,7 +199,7 @@ class R2ec:
     # -- rec head ----------------------------------------------------------------------------
     @staticmethod
     def score(h_t: np.ndarray | torch.Tensor, h_v: np.ndarray | torch.Tensor,
-              tau: float = DEFAULT_TAU) -> np.ndarray | torch.Tensor:
+              tau: float) -> np.ndarray | torch.Tensor:
         """cosine(h_T, H_V) / tau for every (user, item) pair: (B, N)."""
         if isinstance(h_t, torch.Tensor):
             a = torch.nn.functional.normalize(h_t, dim=-1)

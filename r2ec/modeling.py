@@ -65,13 +65,11 @@ def last_token_states(model: nn.Module, input_ids: torch.Tensor, mask: torch.Ten
 
 def forward_tail(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, keep: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """For LEFT-padded sequences: ((B, T, d) final hidden states, (B, keep - 1) log-probs of the
-    last keep - 1 tokens under the LM head). Logits are computed for the tail only."""
+    """For LEFT-padded sequences: ((B, T, d) final hidden states, (B, keep - 1, V) logits that
+    predict the last keep - 1 tokens). Logits are computed for the tail only."""
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids(mask),
                 output_hidden_states=True, logits_to_keep=keep, use_cache=False)
-    logp = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
-    tokens = input_ids[:, input_ids.shape[1] - keep + 1:]
-    return out.hidden_states[-1], logp.gather(2, tokens[..., None])[..., 0]
+    return out.hidden_states[-1], out.logits[:, :-1]
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

@@ -3,7 +3,8 @@ UDFs run per chunk and that `bench/throughput.py` runs in one process for compar
 
 For each user: prompt from the history window -> reasoning (greedy by default; `samples` > 1
 draws several with temperature and averages their normalised h_T) -> h_T -> exact top-k from
-the FAISS index with the history items excluded.
+the FAISS index with the history items excluded. The rationale is stored as an analyst reads
+it: item tokens replaced by "[title]" (`r2ec.reasoning.render`).
 
 Fallback (documented in the README): a user whose history is empty, or whose history items are
 all unknown to the model's catalogue, gets the most popular items (passed in by the job),
@@ -16,12 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-import numpy as np
-
 from r2ec.config import SamplingConfig
 from r2ec.index import ItemIndex
 from r2ec.model import R2ec
 from r2ec.prompts import HistoryItem
+from r2ec.reasoning import render
 
 FALLBACK_POPULARITY = "popularity"
 
@@ -41,6 +41,11 @@ class Recommender:
             raise ValueError(f"index built for {index.manifest.model_version}, model is "
                              f"{r2ec.model_version}")
         self.r2ec, self.index, self.popular = r2ec, index, list(popular)
+
+    def render(self, reasoning: str, history: Sequence[HistoryItem]) -> str:
+        """The rationale as stored: history references and item tokens become "[title]"."""
+        window = self.r2ec.prompter.window(history)
+        return render(reasoning, self.index.titles, [h.title for h in window])
 
     def _fallback(self, history: Sequence[HistoryItem], k: int) -> Recommendation:
         seen = {h.item_id for h in history}
@@ -65,17 +70,10 @@ class Recommender:
         if live:
             prompts = self.r2ec.user_prompts([histories[i] for i in live], [ref_times[i] for i in live])
             texts, lengths = [""] * len(live), [0] * len(live)
-            if reasoning:
-                gens = self.r2ec.reason(prompts, n=samples, sampling=sampling)
-                states = []
-                for s in range(samples):
-                    h = self.r2ec.user_state(prompts, [g[s] for g in gens])
-                    states.append(h / np.maximum(np.linalg.norm(h, axis=1, keepdims=True), 1e-12))
-                h_t = np.mean(states, axis=0)
-                texts = [g[0].text for g in gens]
+            h_t, gens = self.r2ec.reasoned_states(prompts, reasoning, samples, sampling)
+            if gens is not None:
+                texts = [self.render(g[0].text, histories[i]) for g, i in zip(gens, live, strict=True)]
                 lengths = [len(g[0].token_ids) for g in gens]
-            else:
-                h_t = self.r2ec.user_state(prompts, None)
             exclude = [[h.item_id for h in histories[i]] for i in live]
             ids, scores = self.index.search(h_t, top_k, exclude)
             for j, i in enumerate(live):

@@ -3,11 +3,11 @@
 Built with `tokenizers` (no hub download) and wrapped in `PreTrainedTokenizerFast`, so that it
 saves and loads like any Hugging Face tokenizer (vLLM included). Its normaliser and
 pre-tokeniser are exactly Qwen2's (NFC, Qwen2's regex split, byte-level without prefix space):
-should anything load it as Qwen2's tokenizer class, the ids stay the same (STACK.md).
+should anything load it as Qwen2's tokenizer class, the ids stay the same.
 
 Besides the chat and answer special tokens, whole template fragments ("3 days ago: [", the
 instruction sentences, "] (4)\\n") and one "<i{item_id}>" token per item are added as single
-tokens: prompts get ~1.7x shorter and each item gets an id embedding (SMALL_MODEL.md).
+tokens: prompts get ~1.7x shorter and each item gets an id embedding (docs/default-model.md).
 """
 
 from __future__ import annotations

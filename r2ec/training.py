@@ -1,5 +1,8 @@
-"""Pieces both training stages share: the cached item table, the R²ec scorer for evaluation,
-the data order that resumes exactly, the metrics log, and LoRA set-up through peft."""
+"""What both training stages share: one training-loop skeleton (`run_loop`: optimiser,
+schedule, accumulation, validation with keep-best and early stopping, resumable state, time
+budget), the cached item table, the R²ec scorer for evaluation, the data order that resumes
+exactly, the metrics log, and LoRA set-up through peft. A stage supplies only its per-step loss
+(`StepFn`) and what to do around a step; the losses themselves are pure, tested functions."""
 
 from __future__ import annotations
 
@@ -7,8 +10,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,7 @@ from torch.nn import functional as F
 
 from r2ec.config import SamplingConfig
 from r2ec.data import Catalog, histories, times
-from r2ec.evaluation import EvalResult, evaluate
+from r2ec.evaluation import EarlyStopping, EvalResult, evaluate
 from r2ec.model import R2ec
 from r2ec.modeling import last_token_states, length_sorted_batches, pad_batch
 from r2ec.progress import progress_bar  # noqa: F401 - re-exported for the trainers
@@ -53,7 +56,9 @@ def apply_lora(model, s: LoraSettings):
 class ItemTable:
     """H_V for the whole catalogue, L2-normalised and detached; refreshed in full every N steps
     (paper Alg. 1). Rows can be overwritten with fresh, detached encodings of a batch's targets
-    (the authors' per-step update); never mix rows that carry gradient into it (SMALL_MODEL.md)."""
+    (the authors' per-step update). Never put rows that carry gradient into it and take a
+    softmax over the mix: a model learns to tell fresh rows from stale ones (measured on the
+    small model: the loss collapsed to about ln(batch) within 50 steps)."""
 
     def __init__(self, r2ec: R2ec, item_prompts: Sequence[Sequence[int]], batch_size: int = 128):
         self.r2ec, self.prompts, self.batch_size = r2ec, item_prompts, batch_size
@@ -88,62 +93,37 @@ class ItemTable:
 
 
 class R2ecScorer:
-    """Scores a batch of samples against H_V, with greedy reasoning or without (ablation)."""
+    """Scores a batch of samples against H_V: no reasoning (ablation), greedy reasoning, or the
+    mean state of `samples` sampled reasonings (test-time scaling)."""
 
     def __init__(self, r2ec: R2ec, item_states: np.ndarray, reasoning: bool,
-                 sampling: SamplingConfig | None = None):
-        self.r2ec, self.h_v, self.reasoning = r2ec, item_states, reasoning
+                 sampling: SamplingConfig | None = None, samples: int = 1):
+        self.r2ec, self.h_v, self.reasoning, self.samples = r2ec, item_states, reasoning, samples
         self.sampling = sampling or SamplingConfig()
-        self.last_generations: list = []
+        self.generations: list = []  # the first reasoning of each sample, in order
 
     def __call__(self, batch: pd.DataFrame) -> np.ndarray:
         prompts = self.r2ec.user_prompts(histories(batch), times(batch["target_ts"]))
-        gens = None
-        if self.reasoning:
-            gens = [g[0] for g in self.r2ec.reason(prompts, 1, self.sampling)]
-            self.last_generations.extend(gens)
-        h_t = self.r2ec.user_state(prompts, gens)
+        h_t, gens = self.r2ec.reasoned_states(prompts, self.reasoning, self.samples,
+                                              self.sampling)
+        if gens is not None:
+            self.generations.extend(g[0] for g in gens)
         return R2ec.score(h_t, self.h_v, self.r2ec.tau)
 
 
 def evaluate_r2ec(r2ec: R2ec, samples: pd.DataFrame, catalog: Catalog, reasoning: bool,
                   sampling: SamplingConfig | None = None, batch_size: int = 64,
                   item_prompts: Sequence[Sequence[int]] | None = None, progress: bool = False,
-                  desc: str = "evaluating") -> EvalResult:
+                  desc: str = "evaluating", n_samples: int = 1) -> EvalResult:
+    """The protocol's evaluation of an R²ec model; `result.generations` holds the reasonings."""
     prompts = item_prompts or r2ec.item_prompts(catalog.ids, catalog.titles, catalog.attributes)
-    scorer = R2ecScorer(r2ec, r2ec.encode_items(prompts), reasoning, sampling)
+    scorer = R2ecScorer(r2ec, r2ec.encode_items(prompts), reasoning, sampling, n_samples)
     result = evaluate(scorer, samples, catalog, batch_size=batch_size, progress=progress, desc=desc)
-    if reasoning and scorer.last_generations:
-        lengths = [len(g.token_ids) for g in scorer.last_generations]
+    result.generations = scorer.generations
+    if reasoning and scorer.generations:
+        lengths = [len(g.token_ids) for g in scorer.generations]
         result.metrics["reasoning_tokens_mean"] = float(np.mean(lengths))
     return result
-
-
-def validate_and_keep_best(r2ec: R2ec, counter: StepCounter, subset: pd.DataFrame,
-                           catalog: Catalog, item_prompts, reasoning: bool,
-                           sampling: SamplingConfig | None, metrics_log: MetricsLog, best_dir: Path,
-                           stage: str, extra: dict, patience: int) -> bool:
-    """One validation run: log it, save the model to `best_dir` when NDCG@10 improves, and
-    return True when `patience` runs in a row have not improved (early stopping)."""
-    res = evaluate_r2ec(r2ec, subset, catalog, reasoning, sampling, item_prompts=item_prompts)
-    ndcg = res.metrics["ndcg@10"]
-    metrics_log.write(step=counter.step, split="valid", **res.metrics)
-    log.info("step %d: valid NDCG@10 %.4f (best %.4f)", counter.step, ndcg, counter.best)
-    if ndcg > counter.best:
-        counter.best, counter.evals_since_best = ndcg, 0
-        r2ec.save(best_dir, stage=stage, extra={**extra, "step": counter.step,
-                                                  "valid_ndcg@10_subset": ndcg})
-    else:
-        counter.evals_since_best += 1
-    return bool(patience) and counter.evals_since_best >= patience
-
-
-def finish_run(acc, state_dir: Path, counter: StepCounter, stopped: str, start: float,
-               out_dir: Path) -> dict:
-    """The last resumable state, and the run summary both trainers return."""
-    acc.save_state(str(state_dir))
-    return {"steps": counter.step, "best_valid_ndcg@10_subset": counter.best, "stopped_by": stopped,
-            "minutes": (time.time() - start) / 60, "best_dir": str(out_dir / "best")}
 
 
 class EpochOrder:
@@ -176,20 +156,24 @@ class EpochOrder:
         self.epoch, self.cursor = state["epoch"], state["cursor"]
 
 
-class StepCounter:
-    """Global step, registered with accelerate so `save_state`/`load_state` carry it."""
+@dataclass
+class StepCounter(EarlyStopping):
+    """Global step, training seconds so far, and the model-selection state (EarlyStopping, the
+    rule every trained method shares), registered with accelerate so that `save_state` /
+    `load_state` carry them."""
 
-    def __init__(self) -> None:
-        self.step = 0
-        self.best = -1.0
-        self.evals_since_best = 0
+    patience: int = 0
+    step: int = 0
+    elapsed_s: float = 0.0
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "best": self.best, "evals_since_best": self.evals_since_best}
+        return {"step": self.step, "best": self.best, "evals_since_best": self.since_best,
+                "elapsed_s": self.elapsed_s}
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.best = int(state["step"]), float(state["best"])
-        self.evals_since_best = int(state["evals_since_best"])
+        self.since_best = int(state["evals_since_best"])
+        self.elapsed_s = float(state.get("elapsed_s", 0.0))
 
 
 class MetricsLog:
@@ -206,9 +190,112 @@ class MetricsLog:
             f.write(json.dumps(record, default=float) + "\n")
 
 
-def cosine_with_warmup(step: int, warmup: int, total: int, lr: float, min_lr: float) -> float:
-    """Linear warm-up, then cosine from lr down to min_lr at `total` steps."""
-    if step < warmup:
-        return lr * (step + 1) / max(1, warmup)
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+def scheduled_lr(step: int, progress: float, cfg) -> float:
+    """Learning rate at `step`: linear warm-up over `cfg.warmup_steps`, then `cfg.schedule`:
+    'constant' (the paper's RecPO) or 'cosine' from `cfg.lr` to `cfg.min_lr` over `progress`
+    in [0, 1]. Progress is max(step / total steps, elapsed / time budget) (`run_loop`), so a
+    time-boxed run warms up, peaks and anneals fully instead of stopping at a high rate."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / max(1, cfg.warmup_steps)
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule != "cosine":
+        raise ValueError(f"unknown schedule {cfg.schedule!r} (cosine, constant)")
+    p = min(1.0, max(0.0, progress))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * p))
+
+
+# One micro-batch: (loss to back-propagate, what the stage wants back after the step).
+StepFn = Callable[[int, int], tuple[torch.Tensor, dict]]
+
+
+def run_loop(r2ec: R2ec, cfg, *, stage: str, out_dir: Path, steps_per_epoch: int,
+             step_fn: StepFn, validate: Callable[[], dict], state: Sequence = (),
+             before_step: Callable[[int], None] | None = None,
+             after_step: Callable[[int, list[dict]], dict] | None = None,
+             validate_first: bool = False, resume: bool = False, progress: bool = True) -> dict:
+    """The training loop of both stages. `cfg` carries the shared knobs (lr, min_lr, schedule,
+    warmup_steps, weight_decay, beta2, grad_clip, grad_accum, epochs, max_minutes, max_steps,
+    eval_every, patience, save_every, seed). Per step: `before_step`, `grad_accum` micro-steps
+    of `step_fn` (each loss back-propagated at once), clip, optimiser step, `after_step` (which
+    returns scalars to log); every `eval_every` steps and at the end, `validate()` -> metrics:
+    the best valid NDCG@10 is saved to out_dir/best, `patience` evaluations without a better
+    one stop the run. `validate_first`: the starting model is the first "best" (a fine-tuning
+    stage must beat it). `max_minutes` and the schedule count training time only (the steps,
+    not validations or saves), so stages that validate at different costs get the same budget.
+    Returns the run summary."""
+    from accelerate import Accelerator
+
+    acc = Accelerator(cpu=r2ec.device.type == "cpu")
+    model = r2ec.model
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                            betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay)
+    model, opt = acc.prepare(model, opt)
+    counter = StepCounter(patience=cfg.patience)
+    acc.register_for_checkpointing(counter, *state)
+    state_dir = out_dir / "state"
+    if resume and state_dir.is_dir():
+        acc.load_state(str(state_dir))
+        log.info("resumed at step %d (%.1f min trained)", counter.step, counter.elapsed_s / 60)
+    total = max(1, int(cfg.epochs * steps_per_epoch / cfg.grad_accum))
+    budget = 60.0 * cfg.max_minutes
+    metrics_log = MetricsLog(out_dir / "metrics.jsonl")
+
+    def evaluate_now() -> bool:
+        metrics = validate()
+        metrics_log.write(step=counter.step, split="valid", train_s=round(counter.elapsed_s, 1),
+                          **metrics)
+        previous = counter.best
+        improved, stop = counter.update(metrics["ndcg@10"])
+        log.info("step %d: valid NDCG@10 %.4f (best %.4f)", counter.step, metrics["ndcg@10"],
+                 max(previous, 0.0))
+        if improved:
+            r2ec.save(out_dir / "best", stage=stage, extra={
+                f"{stage}_config": asdict(cfg), "step": counter.step,
+                "valid_ndcg@10": metrics["ndcg@10"]})
+        return stop
+
+    if validate_first and counter.best < 0:
+        evaluate_now()
+    stopped = "steps"
+    bar = progress_bar(total, stage, disable=not progress, initial=counter.step)
+    while counter.step < total and not (cfg.max_steps and counter.step >= cfg.max_steps):
+        step = counter.step
+        started = time.time()
+        frac = max(step / total, counter.elapsed_s / budget if budget else 0.0)
+        for g in opt.param_groups:
+            g["lr"] = scheduled_lr(step, frac, cfg)
+        if before_step:
+            before_step(step)
+        model.train()
+        opt.zero_grad()
+        infos = []
+        for micro in range(cfg.grad_accum):
+            loss, info = step_fn(step, micro)
+            acc.backward(loss / cfg.grad_accum)
+            infos.append({"loss": loss.item(), **info})
+        acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        logged = after_step(step, infos) if after_step else {}
+        counter.step += 1
+        counter.elapsed_s += time.time() - started  # training time: validations not counted
+        bar.update(1)
+        loss_mean = sum(i["loss"] for i in infos) / len(infos)
+        bar.set_postfix(loss=f"{loss_mean:.3f}", refresh=False)
+        scalars = {k: v for i in infos for k, v in i.items() if isinstance(v, (int, float))}
+        metrics_log.write(step=counter.step, lr=opt.param_groups[0]["lr"], progress=round(frac, 4),
+                          train_s=round(counter.elapsed_s, 1), **scalars, **logged)
+        over_time = budget and counter.elapsed_s > budget
+        last = counter.step == total or over_time or counter.step == cfg.max_steps
+        if (counter.step % cfg.eval_every == 0 or last) and evaluate_now():
+            stopped = "early stopping"
+            break
+        if counter.step % cfg.save_every == 0:
+            acc.save_state(str(state_dir))
+        if over_time:
+            stopped = "time budget"
+            break
+    bar.close()
+    acc.save_state(str(state_dir))
+    return {"steps": counter.step, "best_valid_ndcg@10": counter.best, "stopped_by": stopped,
+            "minutes": counter.elapsed_s / 60, "best_dir": str(out_dir / "best")}

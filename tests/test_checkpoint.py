@@ -58,3 +58,29 @@ def test_damaged_checkpoint_is_refused(tiny_model_dir, tmp_path, damage):
 def test_files_are_world_readable(tiny_model_dir):
     for p in tiny_model_dir.iterdir():
         assert p.stat().st_mode & 0o044 == 0o044, p.name
+
+
+def test_tau_and_prompt_settings_travel_with_the_checkpoint(tiny_model_dir, tmp_path):
+    from dataclasses import replace
+
+    from r2ec.model import R2ec
+
+    model, tok, settings, _ = checkpoint.load(tiny_model_dir)
+    other = replace(settings, tau=0.05, prompt=replace(settings.prompt, window=7))
+    checkpoint.save(model, tok, tmp_path / "t", other, base_model="test")
+    m = R2ec.load(tmp_path / "t", device="cpu")
+    assert m.tau == 0.05 and m.prompt_cfg.window == 7
+    m.save(tmp_path / "again", stage="test")
+    assert checkpoint.load(tmp_path / "again")[2] == other
+
+
+def test_older_prompt_format_is_refused(tiny_model_dir, tmp_path):
+    import json
+
+    d = tmp_path / "old"
+    shutil.copytree(tiny_model_dir, d)
+    cfg = json.loads((d / checkpoint.R2EC_CONFIG).read_text())
+    del cfg["prompt_format"]  # what a checkpoint from before gap-based prompts holds
+    (d / checkpoint.R2EC_CONFIG).write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="prompt format 1"):
+        checkpoint.load(d, check=False)

@@ -11,7 +11,7 @@ from r2ec.config import SamplingConfig
 from r2ec.data import Catalog, histories, times
 from r2ec.model import R2ec
 from r2ec.modeling import last_token_states, pad_batch
-from r2ec.prompts import ANSWER, age
+from r2ec.prompts import ANSWER, all_gaps, gap
 from tests.conftest import synthetic_catalog
 
 
@@ -72,19 +72,36 @@ def test_prompts_follow_the_paper(r2ec, data):
     item = r2ec.tokenizer.decode(r2ec.item_prompts(cat.ids[:1], cat.titles[:1], cat.attributes[:1])[0])
     assert item.startswith("<|im_start|>user\nSummarize key attributes of the following movie")
     assert "Title: <i1> Film number 1 (1981)" in item and item.endswith(f"assistant\n{ANSWER}")
+    assert "Genres: Comedy" in item and "Year" not in item  # the title already shows the year
     s = samples.head(1)
     user = r2ec.tokenizer.decode(r2ec.user_prompts(histories(s), times(s["target_ts"]))[0])
     assert "recommend the next movie I might watch inside <answer> and </answer>" in user
     first = s.iloc[0]
-    line = f": [<i{first['history_item_ids'][0]}> {first['history_titles'][0]}] ("
-    assert line in user and user.endswith("<|im_start|>assistant\n")
+    line = f"\nfirst: [<i{first['history_item_ids'][0]}> {first['history_titles'][0]}] ("
+    assert line in user and user.endswith("<|im_end|>\n<|im_start|>assistant\n")
+    assert "\nnow, " in user
 
 
-def test_age_buckets():
+def test_prompt_segments_concatenate_to_the_prompt(r2ec, data):
+    """What packing relies on: prefix + line segments + readout = the inference prompt, the
+    first line is written "first", and lines depend on the past only."""
+    _, samples = data
+    hist = histories(samples.head(6))[-1]
+    ref = times(samples.head(6)["target_ts"])[-1]
+    lines = [r2ec.line_ids(h, hist[i - 1].ts if i else None) for i, h in enumerate(hist)]
+    whole = r2ec.prefix_ids() + [t for ln in lines for t in ln] + r2ec.readout_ids(hist[-1].ts, ref)
+    assert r2ec.user_prompt(hist, ref) == whole
+    assert r2ec.tokenizer.decode(lines[0]).startswith("\nfirst: [")
+    second = gap((hist[1].ts - hist[0].ts).total_seconds())
+    assert r2ec.tokenizer.decode(lines[1]).startswith(f"\n{second}: [")
+
+
+def test_gap_buckets():
     day = 86400
-    assert [age(x * day) for x in (0.5, 1, 3, 13, 14, 20, 70, 400, 800)] == [
-        "today", "1 day ago", "3 days ago", "13 days ago", "2 weeks ago", "2 weeks ago",
-        "2 months ago", "13 months ago", "2 years ago"]
+    assert [gap(x * day) for x in (0.5, 1, 3, 13, 14, 20, 70, 400, 800)] == [
+        "same day", "1 day later", "3 days later", "13 days later", "2 weeks later",
+        "2 weeks later", "2 months later", "13 months later", "2 years later"]
+    assert set(gap(x * day) for x in range(0, 4000, 3)) <= set(all_gaps())
 
 
 def test_generation_stops_at_answer_and_is_seeded(r2ec, data):
@@ -118,8 +135,8 @@ def test_score_is_cosine_over_tau():
     rng = np.random.default_rng(0)
     h, H = rng.normal(size=(3, 8)), rng.normal(size=(5, 8))
     cos = (h / np.linalg.norm(h, axis=1, keepdims=True)) @ (H / np.linalg.norm(H, axis=1, keepdims=True)).T
-    np.testing.assert_allclose(R2ec.score(h, H), cos / 0.02, rtol=1e-5)
-    torch_scores = R2ec.score(torch.tensor(h), torch.tensor(H)).numpy()
+    np.testing.assert_allclose(R2ec.score(h, H, 0.02), cos / 0.02, rtol=1e-5)
+    torch_scores = R2ec.score(torch.tensor(h), torch.tensor(H), 0.02).numpy()
     np.testing.assert_allclose(torch_scores, cos / 0.02, rtol=1e-5)
 
 
@@ -135,3 +152,20 @@ def test_default_tokenizer_round_trips_through_autotokenizer(r2ec, tiny_model_di
     assert len(reloaded) == r2ec.model.get_input_embeddings().weight.shape[0]
     assert r2ec.model.config.head_dim * r2ec.model.config.num_attention_heads == \
         r2ec.model.config.hidden_size
+
+
+def test_test_time_scaling_averages_normalised_states(r2ec, data):
+    _, samples = data
+    s = samples.head(3)
+    prompts = r2ec.user_prompts(histories(s), times(s["target_ts"]))
+    sampling = SamplingConfig(temperature=1.0, top_k=50, max_new_tokens=5, seed=3)
+    h, gens = r2ec.reasoned_states(prompts, True, 3, sampling)
+    parts = [r2ec.user_state(prompts, [g[k] for g in gens]) for k in range(3)]
+    want = np.mean([p / np.linalg.norm(p, axis=1, keepdims=True) for p in parts], axis=0)
+    np.testing.assert_allclose(h, want, atol=1e-6)
+    with pytest.raises(ValueError, match="temperature"):
+        r2ec.reasoned_states(prompts, True, 2, SamplingConfig())
+    from jobs.evaluate import eval_mode
+
+    assert [eval_mode(False), eval_mode(True), eval_mode(True, 8, 1.0)] == [
+        "no_reasoning", "greedy_reasoning", "reasoning_x8_t1"]

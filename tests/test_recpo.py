@@ -91,3 +91,36 @@ def test_sequence_logprobs():
     logits = torch.log(torch.tensor([[[0.25, 0.75], [0.5, 0.5]]]))
     got = recpo.sequence_logprobs(logits, torch.tensor([[1, 0]])).exp()
     assert got[0].tolist() == pytest.approx([0.75, 0.5])
+
+
+def test_sequence_logprobs_follow_the_sampler():
+    """Log-probs under temperature and top-k are those of the distribution the sampler draws
+    from, which torch.multinomial on the same transformed logits confirms."""
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = torch.log(p)[None, None]
+    t, k = 2.0, 3
+    scaled = p ** (1 / t)
+    scaled[3] = 0.0  # outside the top 3
+    want = scaled / scaled.sum()
+    for tok in range(3):
+        got = recpo.sequence_logprobs(logits, torch.tensor([[tok]]), t, k).exp().item()
+        assert got == pytest.approx(want[tok].item(), rel=1e-5)
+    assert recpo.sequence_logprobs(logits, torch.tensor([[3]]), t, k).item() == float("-inf")
+    # temperature 1 / top-k 0 is the plain softmax
+    plain = recpo.sequence_logprobs(logits, torch.tensor([[2]]), 1.0, 0).exp().item()
+    assert plain == pytest.approx(0.15, rel=1e-5)
+    # the sampler agrees: empirical frequencies of the transformed distribution
+    g = torch.Generator().manual_seed(0)
+    z = (torch.log(p) / t).masked_fill(torch.arange(4) == 3, float("-inf"))
+    draws = torch.multinomial(torch.softmax(z, 0), 20000, replacement=True, generator=g)
+    freq = torch.bincount(draws, minlength=4).float() / 20000
+    assert freq.tolist() == pytest.approx(want.tolist(), abs=0.01)
+
+
+def test_flat_groups_get_no_advantage():
+    rewards = torch.tensor([[0.30, 0.30001, 0.29999], [0.1, 0.5, 0.9]])
+    adv = recpo.group_advantages(rewards, "grpo", min_std=1e-3)
+    assert adv[0].tolist() == [0.0, 0.0, 0.0]  # noise-level spread, not amplified to +-1
+    assert adv[1].tolist() == pytest.approx([-1.0, 0.0, 1.0])
+    raw = recpo.group_advantages(rewards, "grpo")
+    assert raw[0].abs().max() > 0.5  # what the threshold prevents

@@ -56,6 +56,8 @@ def test_every_user_gets_k_distinct_unseen_items_and_a_rationale(scored):
     rats = _t(wh, "rationales")
     assert len(rats) == 943 and rats["user_id"].is_unique and rats["fallback"].isna().all()
     assert (rats["tokens"] <= 6).all() and recs["model_version"].nunique() == 1
+    # what analysts read: no item tokens, history references or special tokens left
+    assert not rats["text"].str.contains(r"<i\d+>|<\||#\d+|<answer>", regex=True).any()
     emb = _t(wh, "item_embeddings")
     assert len(emb) == 1682 and emb["embedding"].map(len).nunique() == 1
 
@@ -133,6 +135,10 @@ def test_evaluate_writes_rankings_and_metrics_that_recompute(scored):
     assert evaluate.main(["--split", "test", "--limit", "300", "--warehouse", str(wh),
                           "--max-new-tokens", "6"]) == 0
     ev = _t(wh, "evaluations")
+    quality = ev[ev["metric"].str.startswith("rationale_")]
+    assert {"rationale_distinct_lines", "rationale_internal_tokens"} <= set(quality["metric"])
+    assert quality[quality["metric"] == "rationale_internal_tokens"]["value"].item() == 0.0
+    ev = ev[~ev["metric"].str.startswith("rationale_")]
     assert len(ev) == 6 and set(ev["k"]) == {5, 10, 20} and (ev["n_samples"] == 300).all()
     ranks = _t(wh, "eval_rankings")
     assert len(ranks) == 300 * 20

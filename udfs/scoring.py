@@ -2,12 +2,12 @@
 
 - The model, tokenizer and index load once per Python worker (module-level cache keyed by model
   directory, index directory, backend and device; `spark.python.worker.reuse` keeps the worker,
-  STACK.md measured 2 workers serving 8 partitions), never per batch, never pickled into a task.
+  measured: 2 workers served 8 partitions), never per batch, never pickled into a task.
 - Settings travel as a small frozen dataclass through `functools.partial`.
 - Each Arrow batch (up to spark.sql.execution.arrow.maxRecordsPerBatch rows) is cut into
   model-sized chunks.
 - One torch / faiss thread per worker by default: with 2 threads per worker on 2 cores it ran
-  2.7x slower (STACK.md). On a GPU executor the device is the GPU Spark assigned to the task.
+  2.7x slower (measured). On a GPU executor the device is the GPU Spark assigned to the task.
 """
 
 from __future__ import annotations
