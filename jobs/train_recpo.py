@@ -95,11 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     log.info("training finished: %s", summary)
 
     best = R2ec.load(out / "best", device=a.device)
-    sampling = getattr(cfg, "eval_sampling", None) or SamplingConfig(
-        max_new_tokens=getattr(cfg, "eval_max_new_tokens", 32))
-    res = evaluate_r2ec(best, valid, catalog, reasoning=reasoning, sampling=sampling,
-                        progress=True, desc="valid")
-    metrics = {k: round(v, 5) for k, v in res.metrics.items()}
+    res_metrics = summary.pop("best_valid_metrics", None)
+    if not res_metrics or (cfg.eval_samples and cfg.eval_samples < len(valid)):
+        # selected on a subset (or resumed past the best): measure the whole split once
+        sampling = getattr(cfg, "eval_sampling", None) or SamplingConfig(
+            max_new_tokens=getattr(cfg, "eval_max_new_tokens", 32))
+        res_metrics = evaluate_r2ec(best, valid, catalog, reasoning=reasoning, sampling=sampling,
+                                    progress=True, desc="valid").metrics
+    metrics = {k: round(v, 5) for k, v in res_metrics.items()}
     (out / "valid_metrics.json").write_text(json.dumps(metrics, indent=2))
     if a.register != "none":
         from r2ec import checkpoint

@@ -240,6 +240,7 @@ def run_loop(r2ec: R2ec, cfg, *, stage: str, out_dir: Path, steps_per_epoch: int
     total = max(1, int(cfg.epochs * steps_per_epoch / cfg.grad_accum))
     budget = 60.0 * cfg.max_minutes
     metrics_log = MetricsLog(out_dir / "metrics.jsonl")
+    best_metrics: dict = {}
 
     def evaluate_now() -> bool:
         metrics = validate()
@@ -247,6 +248,9 @@ def run_loop(r2ec: R2ec, cfg, *, stage: str, out_dir: Path, steps_per_epoch: int
                           **metrics)
         previous = counter.best
         improved, stop = counter.update(metrics["ndcg@10"])
+        if improved:
+            best_metrics.clear()
+            best_metrics.update(metrics)
         log.info("step %d: valid NDCG@10 %.4f (best %.4f)", counter.step, metrics["ndcg@10"],
                  max(previous, 0.0))
         if improved:
@@ -298,4 +302,5 @@ def run_loop(r2ec: R2ec, cfg, *, stage: str, out_dir: Path, steps_per_epoch: int
     bar.close()
     acc.save_state(str(state_dir))
     return {"steps": counter.step, "best_valid_ndcg@10": counter.best, "stopped_by": stopped,
-            "minutes": counter.elapsed_s / 60, "best_dir": str(out_dir / "best")}
+            "minutes": counter.elapsed_s / 60, "best_dir": str(out_dir / "best"),
+            "best_valid_metrics": best_metrics}
