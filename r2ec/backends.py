@@ -87,7 +87,8 @@ class TransformersBackend:
         torch.manual_seed(sampling.seed)
         kwargs = dict(
             do_sample=not greedy, max_new_tokens=sampling.max_new_tokens,
-            min_new_tokens=sampling.min_new_tokens or None,  # stop tokens suppressed until then
+            # stop tokens are suppressed until this many tokens (never beyond the budget)
+            min_new_tokens=min(sampling.min_new_tokens, sampling.max_new_tokens) or None,
             num_return_sequences=n, eos_token_id=self.stop_ids, pad_token_id=self.pad_id,
         )
         if not greedy:

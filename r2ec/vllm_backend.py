@@ -37,7 +37,7 @@ def sampling_kwargs(sampling: SamplingConfig, n: int, stop_ids: Sequence[int]) -
         "top_k": -1 if greedy or not sampling.top_k else sampling.top_k,
         "top_p": 1.0 if greedy else sampling.top_p,
         "max_tokens": sampling.max_new_tokens,
-        "min_tokens": sampling.min_new_tokens,
+        "min_tokens": min(sampling.min_new_tokens, sampling.max_new_tokens),
         "stop_token_ids": list(stop_ids),
         "seed": sampling.seed,
         "skip_special_tokens": False,
