@@ -265,8 +265,10 @@ def main() -> None:
     final = R2ec.load(out / "recpo" / "best", device="cpu")
     res = evaluate_r2ec(final, test, catalog, True, rl_cfg.eval_sampling)
     table.record(REFERENCE, res, ws_wall + time.time() - t,
-                 f"+ RecPO {rl['steps']} steps, {rl['minutes']:.1f} train min; reasoning "
-                 f"{res.metrics.get('reasoning_tokens_mean', 0):.1f} tokens",
+                 f"+ RecPO {rl['steps']} steps, {rl['minutes']:.1f} train min, "
+                 + (f"best at step {rl['best_step']}" if rl["best_step"] > 0 else
+                    "no step beat its start on valid (start kept)")
+                 + f"; reasoning {res.metrics.get('reasoning_tokens_mean', 0):.1f} tokens",
                  ws_curve + _valid_curve(out / "recpo" / "metrics.jsonl", ws["minutes"]))
     table.rationales[REFERENCE] = _rationales(res, test, catalog, titles)
 

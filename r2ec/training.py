@@ -241,6 +241,7 @@ def run_loop(r2ec: R2ec, cfg, *, stage: str, out_dir: Path, steps_per_epoch: int
     budget = 60.0 * cfg.max_minutes
     metrics_log = MetricsLog(out_dir / "metrics.jsonl")
     best_metrics: dict = {}
+    best_step = [-1]  # the step whose checkpoint is in out_dir/best (0: the starting weights)
 
     def evaluate_now() -> bool:
         metrics = validate()
@@ -251,6 +252,7 @@ def run_loop(r2ec: R2ec, cfg, *, stage: str, out_dir: Path, steps_per_epoch: int
         if improved:
             best_metrics.clear()
             best_metrics.update(metrics)
+            best_step[0] = counter.step
         log.info("step %d: valid NDCG@10 %.4f (best %.4f)", counter.step, metrics["ndcg@10"],
                  max(previous, 0.0))
         if improved:
@@ -303,4 +305,4 @@ def run_loop(r2ec: R2ec, cfg, *, stage: str, out_dir: Path, steps_per_epoch: int
     acc.save_state(str(state_dir))
     return {"steps": counter.step, "best_valid_ndcg@10": counter.best, "stopped_by": stopped,
             "minutes": counter.elapsed_s / 60, "best_dir": str(out_dir / "best"),
-            "best_valid_metrics": best_metrics}
+            "best_valid_metrics": best_metrics, "best_step": best_step[0]}

@@ -61,7 +61,8 @@ def test_recpo_steps_train_lora_and_lower_item_loss(tiny_model_dir, tmp_path):
     assert _item_nll(r2ec, FIXED) < before
     lines = (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()
     assert any('"reward_mean"' in x and '"token_loss"' in x and '"reasoning_len"' in x for x in lines)
-    assert (tmp_path / "rl" / "best" / "manifest.json").is_file()
+    manifest = json.loads((tmp_path / "rl" / "best" / "manifest.json").read_text())
+    assert manifest["step"] == summary["best_step"] >= 0
 
 
 def _params(r2ec: R2ec) -> dict[str, torch.Tensor]:
