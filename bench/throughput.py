@@ -55,7 +55,11 @@ def main() -> None:
     wh.mkdir(parents=True)
     for name in ("items", "interactions", "model_registry", "item_embeddings", "_index"):
         shutil.copytree(src / name, wh / name)
-    hist = DeltaTable(str(src / "user_histories")).to_pandas()
+    source = DeltaTable(str(src / "user_histories"))
+    # Appended rows keep the table's own arrow schema: pandas alone would write naive
+    # timestamps (timestamp_ntz), a layout the jobs refuse.
+    schema = source.to_pyarrow_table().schema
+    hist = source.to_pandas()
     base = hist[hist["as_of_date"] == hist["as_of_date"].max()].reset_index(drop=True)
     model_dir = _champion(src)
     r2ec = R2ec.load(model_dir, device="cpu")
@@ -67,8 +71,9 @@ def main() -> None:
         day = pd.Timestamp("2100-01-01") + pd.Timedelta(days=scale)
         rep = pd.concat([base.assign(user_id=base["user_id"] + (f"#{r}" if r else ""),
                                      as_of_date=day.date()) for r in range(scale)], ignore_index=True)
-        write_deltalake(str(wh / "user_histories"), pa.Table.from_pandas(rep, preserve_index=False),
-                        mode="append", partition_by=["as_of_date"])
+        rows_arrow = pa.Table.from_pandas(rep[schema.names], schema=schema, preserve_index=False)
+        write_deltalake(str(wh / "user_histories"), rows_arrow, mode="append",
+                        partition_by=["as_of_date"])
         ref_end = times(pd.to_datetime(rep["as_of_date"]) + pd.Timedelta(days=1))
         torch.set_num_threads(a.threads)
         t = time.perf_counter()
@@ -81,7 +86,7 @@ def main() -> None:
              "--max-new-tokens", str(a.max_new_tokens)], cwd=REPO, capture_output=True, text=True)
         wall = time.perf_counter() - t
         if done.returncode:
-            raise SystemExit(done.stderr[-3000:])
+            raise SystemExit((done.stdout + done.stderr)[-3000:])
         spark = float(re.search(r"\(([\d.]+) users/s\)", done.stdout).group(1))
         row = {"users": len(rep), "loop_users_per_s": round(loop, 1),
                "spark_udf_users_per_s": round(spark, 1), "spark_over_loop": round(spark / loop, 2),
