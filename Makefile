@@ -16,7 +16,7 @@ MODEL_DIR ?= models/default
 DATA_DIR := data/raw/ml-100k
 RUN_DATE ?= $(shell date -u +%F)
 # ML-100k ends on 1998-04-22: the demo scores each user as of the end of the data, so that the
-# prompts' "3 days ago" ages look like the ones the model was trained on.
+# prompts' last line ("now, 3 days later") looks like the ones the model was trained on.
 AS_OF ?= 1998-04-22
 MODEL_CONFIG ?= configs/default-model-2026-11-26.json
 # Training minutes (validations not counted) of the two stages of the default model.

@@ -5,8 +5,8 @@ saves and loads like any Hugging Face tokenizer (vLLM included). Its normaliser 
 pre-tokeniser are exactly Qwen2's (NFC, Qwen2's regex split, byte-level without prefix space):
 should anything load it as Qwen2's tokenizer class, the ids stay the same.
 
-Besides the chat and answer special tokens, whole template fragments ("3 days ago: [", the
-instruction sentences, "] (4)\\n") and one "<i{item_id}>" token per item are added as single
+Besides the chat and answer special tokens, whole template fragments ("3 weeks later: [", the
+instruction sentences, "] (4)") and one "<i{item_id}>" token per item are added as single
 tokens: prompts get ~1.7x shorter and each item gets an id embedding (docs/default-model.md).
 """
 
