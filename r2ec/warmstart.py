@@ -213,8 +213,9 @@ def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_sampl
         targets = p.targets[keep]
         if cfg.item_sample and cfg.item_sample < len(catalog):
             uniq = torch.unique(targets).tolist()
-            others = rng.permutation(len(catalog))
-            extra = [r for r in others.tolist() if r not in set(uniq)][: max(0, cfg.item_sample - len(uniq))]
+            taken = set(uniq)
+            others = [r for r in rng.permutation(len(catalog)).tolist() if r not in taken]
+            extra = others[: max(0, cfg.item_sample - len(uniq))]
             rows = uniq + extra
             lookup = torch.full((len(catalog),), -1, dtype=torch.long, device=device)
             lookup[torch.tensor(rows, device=device)] = torch.arange(len(rows), device=device)
