@@ -52,7 +52,7 @@ REFERENCE = "R²ec (RecPO)"
 
 
 def _section(cfg: dict, name: str, cls):
-    from jobs.cli import dataclass_from_args  # same reading of nested dataclasses as the jobs
+    from r2ec_batch.cli import dataclass_from_args  # same reading of nested dataclasses as the jobs
 
     base = asdict(cls())
     for k, v in cfg.get(name, {}).items():

@@ -25,9 +25,9 @@ from datetime import date, datetime, time, timedelta
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from jobs import cli, delta_io
-from jobs.session import build_spark
-from schemas import INTERACTIONS, ITEMS, TRAINING_SAMPLES, USER_HISTORIES
+from r2ec_batch import cli, delta_io
+from r2ec_batch.schemas import INTERACTIONS, ITEMS, TRAINING_SAMPLES, USER_HISTORIES
+from r2ec_batch.session import build_spark
 
 log = logging.getLogger("build_histories")
 

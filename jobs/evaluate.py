@@ -21,11 +21,10 @@ from datetime import datetime, timezone
 
 from pyspark.sql import functions as F
 
-from jobs import cli, delta_io, registry
-from jobs.embed_items import index_dir
-from jobs.session import build_spark
-from schemas import EVAL_RANKINGS, EVALUATIONS, ITEMS, TRAINING_SAMPLES
-from udfs.scoring import RECOMMEND_SCHEMA, ScoringSettings, recommend_udf
+from r2ec_batch import artifacts, cli, delta_io, registry
+from r2ec_batch.schemas import EVAL_RANKINGS, EVALUATIONS, ITEMS, TRAINING_SAMPLES
+from r2ec_batch.session import build_spark
+from r2ec_batch.udfs.scoring import RECOMMEND_SCHEMA, ScoringSettings, recommend_udf
 
 log = logging.getLogger("evaluate")
 KS = (5, 10, 20)
@@ -57,7 +56,7 @@ def _rationale_quality(spark, warehouse, ranked, samples) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="champion", help="'champion' or a checkpoint directory")
+    p.add_argument("--model", default="champion", help="'champion' or a checkpoint folder / URI")
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
     p.add_argument("--dataset", default="ml-100k", help="dataset name recorded with the metrics")
     p.add_argument("--no-reasoning", action="store_true", help="the paper's w/o-reasoning ablation")
@@ -77,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--samples must be >= 1, and > 1 needs --temperature > 0")
     cli.setup_logging(a.verbose)
     spark = build_spark("r2ec-evaluate")
-    model_dir, version = registry.resolve_verified(spark, a.warehouse, a.model)
+    model = registry.resolve_verified(spark, a.warehouse, a.model)
+    version = model.version
     mode = eval_mode(not a.no_reasoning, a.samples, a.temperature)
     if a.only_if_missing and delta_io.exists(spark, a.warehouse, EVALUATIONS):
         done = delta_io.read(spark, a.warehouse, EVALUATIONS).filter(
@@ -86,12 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         if done:
             print(f"{version} already evaluated on {a.dataset}/{a.split} ({mode}); skipping")
             return 0
-    idx = index_dir(a.warehouse, version)
-    if not (idx / "index_manifest.json").is_file():
-        from jobs import embed_items
-
-        log.info("no index for %s yet: building it", version)
-        embed_items.main(["--model", str(model_dir), "--warehouse", a.warehouse])
+    idx = artifacts.index_location(a.warehouse, version)
+    n_items = delta_io.read(spark, a.warehouse, ITEMS).count()
+    if not artifacts.index_is_current(idx, version, n_items):
+        log.info("no current index for %s yet: building it", version)
+        log.info(artifacts.build_index(spark, a.warehouse, model, backend=a.backend, device=a.device))
 
     samples = (delta_io.read(spark, a.warehouse, TRAINING_SAMPLES)
                .filter(F.col("split") == a.split).orderBy("sample_id"))
@@ -101,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "history_hash", F.lit(None).cast("string")).cache()
     n = samples.count()
     settings = ScoringSettings(
-        model_dir=str(model_dir.resolve()), index_dir=str(idx), top_k=max(KS),
+        model_location=model.location, model_version=version, index_location=idx, top_k=max(KS),
         reasoning=not a.no_reasoning, max_new_tokens=a.max_new_tokens, samples=a.samples,
         temperature=a.temperature, sampling_top_k=a.sampling_top_k, backend=a.backend,
         device=a.device, key_column="sample_id")

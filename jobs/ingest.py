@@ -23,9 +23,9 @@ from datetime import datetime, timezone
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from jobs import cli, delta_io, sources
-from jobs.session import build_spark
-from schemas import INTERACTIONS, ITEMS, QUARANTINE
+from r2ec_batch import cli, delta_io, sources
+from r2ec_batch.schemas import INTERACTIONS, ITEMS, QUARANTINE
+from r2ec_batch.session import build_spark
 
 log = logging.getLogger("ingest")
 

@@ -19,10 +19,10 @@ import logging
 
 from pyspark.sql import functions as F
 
-from jobs import cli, delta_io, registry
-from jobs.session import build_spark
 from r2ec import checkpoint
-from schemas import EVALUATIONS, ITEMS, TRAINING_SAMPLES
+from r2ec_batch import cli, delta_io, registry
+from r2ec_batch.schemas import EVALUATIONS, ITEMS, TRAINING_SAMPLES
+from r2ec_batch.session import build_spark
 
 log = logging.getLogger("promote")
 
@@ -52,7 +52,7 @@ def transition_baseline(spark, warehouse, split: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__.split("\n\n")[0])
-    p.add_argument("--candidate", required=True, help="checkpoint directory of the candidate")
+    p.add_argument("--candidate", required=True, help="checkpoint folder or URI of the candidate")
     p.add_argument("--margin", type=float, default=0.0, help="NDCG@10 gain needed to promote")
     p.add_argument("--dataset", default="ml-100k")
     p.add_argument("--split", default="valid", choices=["valid", "test"])
@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     cli.setup_logging(a.verbose)
     spark = build_spark("r2ec-promote")
-    manifest = checkpoint.verify(a.candidate)
+    model = registry.resolve_verified(spark, a.warehouse, a.candidate)
+    manifest = checkpoint.verify(model.local)
     cand = manifest["model_version"]
     cand_score = _ndcg10(spark, a.warehouse, cand, a.dataset, a.split, a.mode)
     if cand_score is None:

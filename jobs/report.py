@@ -2,34 +2,43 @@
 and one user's recommendations with titles and rationale. Reads Delta with deltalake (no Spark),
 the way an analyst's notebook would.
 
-    .venv/bin/python -m jobs.report --warehouse warehouse
+    .venv/bin/python jobs/report.py --warehouse warehouse
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import pandas as pd
 from deltalake import DeltaTable
 
+from r2ec_batch import storage
+from r2ec_batch.schemas import ALL_TABLES
 
-def _table(wh: Path, name: str) -> pd.DataFrame | None:
-    path = wh / name
-    return DeltaTable(str(path)).to_pandas() if (path / "_delta_log").is_dir() else None
+
+def _table(wh: str, name: str) -> pd.DataFrame | None:
+    dt = _open(wh, name)
+    return dt.to_pandas() if dt is not None else None
+
+
+def _open(wh: str, name: str) -> DeltaTable | None:
+    uri, opts = storage.join(wh, name), storage.delta_rs_options(wh)
+    return DeltaTable(uri, storage_options=opts) if DeltaTable.is_deltatable(uri, opts) else None
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--warehouse", default="warehouse")
+    p.add_argument("--warehouse", default="warehouse", help="a folder or a URI (s3a://bucket/wh)")
     p.add_argument("--user", help="user to show (default: the first one)")
     a = p.parse_args(argv)
-    wh = Path(a.warehouse).resolve()
+    wh = storage.resolve(a.warehouse)
     reg = _table(wh, "model_registry")
     champ = reg[reg["status"] == "champion"].iloc[0] if reg is not None and len(reg) else None
     print(f"\nDelta tables under {wh}:")
-    for name in sorted(d.name for d in wh.iterdir() if (d / "_delta_log").is_dir()):
-        dt = DeltaTable(str(wh / name))
+    for name in sorted(ALL_TABLES):
+        dt = _open(wh, name)
+        if dt is None:
+            continue
         print(f"  {name:<18} version {dt.version():>3}  {dt.to_pyarrow_dataset().count_rows():>9,} rows")
     if champ is not None:
         print(f"\nchampion model: {champ['model_version']} at {champ['path']}")

@@ -23,11 +23,10 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType, StringType, TimestampType
 
-from jobs import cli, delta_io, registry
-from jobs.embed_items import index_dir
-from jobs.session import build_spark
-from schemas import INTERACTIONS, RATIONALES, RECOMMENDATIONS, USER_HISTORIES
-from udfs.scoring import RECOMMEND_SCHEMA, ScoringSettings, recommend_udf
+from r2ec_batch import artifacts, cli, delta_io, registry
+from r2ec_batch.schemas import INTERACTIONS, RATIONALES, RECOMMENDATIONS, USER_HISTORIES
+from r2ec_batch.session import build_spark
+from r2ec_batch.udfs.scoring import RECOMMEND_SCHEMA, ScoringSettings, recommend_udf
 
 log = logging.getLogger("score")
 
@@ -36,7 +35,7 @@ def _args(argv):
     p = cli.parser(__doc__.split("\n\n")[0])
     p.add_argument("--run-date", type=cli.iso_date, required=True, help="partition to write")
     p.add_argument("--as-of", type=cli.iso_date, help="user_histories date (default: run date)")
-    p.add_argument("--model", default="champion", help="'champion' or a checkpoint directory")
+    p.add_argument("--model", default="champion", help="'champion' or a checkpoint folder / URI")
     p.add_argument("--top-k", type=int, default=10, help="items per user")
     p.add_argument("--samples", type=int, default=1,
                    help="reasonings per user; >1 averages their h_T (needs --temperature > 0)")
@@ -71,12 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     a = _args(argv)
     cli.setup_logging(a.verbose)
     spark = build_spark("r2ec-score")
-    model_dir, version = registry.resolve_verified(spark, a.warehouse, a.model)
-    idx_dir = index_dir(a.warehouse, version)
-    from r2ec.index import IndexMismatch, ItemIndex
+    model = registry.resolve_verified(spark, a.warehouse, a.model)
+    version = model.version
+    idx_location = artifacts.index_location(a.warehouse, version)
+    from r2ec.index import IndexMismatch
 
     try:
-        ItemIndex.load(idx_dir, expect_model_version=version)
+        artifacts.load_index(idx_location, version)
     except (IndexMismatch, FileNotFoundError) as e:
         raise cli.JobError(f"no usable index for model {version} ({e}); run jobs/embed_items.py "
                            f"--model {a.model}") from e
@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     popular = tuple(r["item_id"] for r in inter.groupBy("item_id").count()
                     .orderBy(F.desc("count"), "item_id").limit(a.top_k + 20).collect())
     settings = ScoringSettings(
-        model_dir=str(model_dir.resolve()), index_dir=str(idx_dir), top_k=a.top_k,
+        model_location=model.location, model_version=version, index_location=idx_location,
+        top_k=a.top_k,
         reasoning=not a.no_reasoning, samples=a.samples, temperature=a.temperature,
         max_new_tokens=a.max_new_tokens, backend=a.backend, device=a.device,
         chunk_size=a.chunk_size, popular=popular)

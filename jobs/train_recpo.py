@@ -20,9 +20,9 @@ from pathlib import Path
 
 from pyspark.sql import functions as F
 
-from jobs import cli, delta_io, registry
-from jobs.session import build_spark
-from schemas import ITEMS, TRAINING_SAMPLES
+from r2ec_batch import cli, delta_io, registry, storage
+from r2ec_batch.schemas import ITEMS, TRAINING_SAMPLES
+from r2ec_batch.session import build_spark
 
 log = logging.getLogger("train_recpo")
 
@@ -33,8 +33,10 @@ def _args(argv):
 
     p = cli.parser(__doc__.split("\n\n")[0])
     p.add_argument("--stage", required=True, choices=["warmstart", "recpo"])
-    p.add_argument("--model", default="champion", help="'champion' or a checkpoint directory")
-    p.add_argument("--out", required=True, help="output folder (best/, state/, metrics.jsonl)")
+    p.add_argument("--model", default="champion", help="'champion' or a checkpoint folder / URI")
+    p.add_argument("--out", required=True,
+                   help="output folder or URI (best/, state/, metrics.jsonl); a URI is written "
+                        "locally under the cache and uploaded when training ends")
     p.add_argument("--resume", action="store_true", help="continue from OUT/state exactly")
     p.add_argument("--register", choices=["none", "candidate", "champion"], default="candidate")
     p.add_argument("--train-limit", type=int, default=0, help="use only the first N train samples")
@@ -44,7 +46,10 @@ def _args(argv):
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     cli.add_dataclass_args(p, WarmStartConfig, "ws-", "warmstart stage")
     cli.add_dataclass_args(p, RecPOConfig, "rl-", "recpo stage")
-    return cli.parse_with_config(p, argv)
+    a = cli.parse_with_config(p, argv)
+    if a.resume and not storage.is_local(a.out):
+        p.error("--resume needs a local --out (the training state is not uploaded)")
+    return a
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,10 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     cli.setup_logging(a.verbose)
     import torch
 
-    from r2ec.config import SamplingConfig
     from r2ec.data import Catalog
     from r2ec.model import R2ec
-    from r2ec.training import evaluate_r2ec
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -70,13 +73,30 @@ def main(argv: list[str] | None = None) -> int:
         valid = valid.limit(a.valid_limit)
     train, valid = train.toPandas(), valid.toPandas()
     catalog = Catalog.from_frame(items)
-    model_dir = registry.resolve(spark, a.warehouse, a.model)
-    r2ec = R2ec.load(model_dir, device=a.device)
-    log.info("training %s from %s (%s) on %d train / %d valid samples", a.stage, model_dir,
+    start = registry.resolve_verified(spark, a.warehouse, a.model)
+    r2ec = R2ec.load(start.local, device=a.device)
+    log.info("training %s from %s (%s) on %d train / %d valid samples", a.stage, start.location,
              r2ec.model_version, len(train), len(valid))
+    with storage.output_dir(a.out) as out:
+        metrics, summary, cfg, manifest = _train(a, r2ec, start.location, catalog, train, valid, out)
+    best_location = storage.join(a.out, "best")
+    if a.register != "none":
+        registry.register(spark, a.warehouse, manifest, best_location, a.register,
+                          valid_ndcg10=metrics["ndcg@10"], metrics={"valid": metrics, **summary},
+                          config=asdict(cfg))
+    print(f"{a.stage}: {manifest['model_version']} valid NDCG@10 {metrics['ndcg@10']:.4f} "
+          f"HR@10 {metrics['hit@10']:.4f} ({len(valid):,} samples) -> {best_location}", flush=True)
+    return 0
 
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+
+def _train(a, r2ec, start_location: str, catalog, train, valid, out: Path):
+    """Run the stage into the local folder `out`; (valid metrics, summary, config, manifest of
+    the best checkpoint)."""
+    from r2ec import checkpoint
+    from r2ec.config import SamplingConfig
+    from r2ec.model import R2ec
+    from r2ec.training import evaluate_r2ec
+
     if a.stage == "warmstart":
         from r2ec.warmstart import WarmStartConfig
         from r2ec.warmstart import train as run
@@ -90,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = cli.dataclass_from_args(a, RecPOConfig, "rl_")
         reasoning = True
     (out / "train_config.json").write_text(json.dumps(
-        {"stage": a.stage, "from": str(model_dir), "config": asdict(cfg)}, indent=2))
+        {"stage": a.stage, "from": start_location, "config": asdict(cfg)}, indent=2))
     summary = run(r2ec, catalog, train, valid, cfg, out, resume=a.resume)
     log.info("training finished: %s", summary)
 
@@ -104,16 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                                     progress=True, desc="valid").metrics
     metrics = {k: round(v, 5) for k, v in res_metrics.items()}
     (out / "valid_metrics.json").write_text(json.dumps(metrics, indent=2))
-    if a.register != "none":
-        from r2ec import checkpoint
-
-        manifest = checkpoint.verify(out / "best")
-        registry.register(spark, a.warehouse, manifest, out / "best", a.register,
-                          valid_ndcg10=metrics["ndcg@10"], metrics={"valid": metrics, **summary},
-                          config=asdict(cfg))
-    print(f"{a.stage}: {best.model_version} valid NDCG@10 {metrics['ndcg@10']:.4f} "
-          f"HR@10 {metrics['hit@10']:.4f} ({len(valid):,} samples) -> {out / 'best'}", flush=True)
-    return 0
+    return metrics, summary, cfg, checkpoint.verify(out / "best")
 
 
 if __name__ == "__main__":

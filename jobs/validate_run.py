@@ -14,10 +14,9 @@ import logging
 
 from pyspark.sql import functions as F
 
-from jobs import cli, delta_io, registry
-from jobs.session import build_spark
-from r2ec import checkpoint
-from schemas import RATIONALES, RECOMMENDATIONS, USER_HISTORIES
+from r2ec_batch import cli, delta_io, registry
+from r2ec_batch.schemas import RATIONALES, RECOMMENDATIONS, USER_HISTORIES
+from r2ec_batch.session import build_spark
 
 log = logging.getLogger("validate_run")
 
@@ -32,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     cli.setup_logging(a.verbose)
     spark = build_spark("r2ec-validate-run")
     as_of = a.as_of or a.run_date
-    version = checkpoint.verify(registry.resolve(spark, a.warehouse, a.model))["model_version"]
+    version = registry.resolve_verified(spark, a.warehouse, a.model).version
     recs = delta_io.read(spark, a.warehouse, RECOMMENDATIONS).filter(F.col("run_date") == F.lit(a.run_date))
     rats = delta_io.read(spark, a.warehouse, RATIONALES).filter(F.col("run_date") == F.lit(a.run_date))
     hist = delta_io.read(spark, a.warehouse, USER_HISTORIES).filter(F.col("as_of_date") == F.lit(as_of))

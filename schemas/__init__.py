@@ -1,7 +1,7 @@
 """Table schemas: every Delta table declared once, and the conformance check jobs run before writing."""
 
-from schemas.conform import SchemaMismatch, conform
-from schemas.tables import (
+from r2ec_batch.schemas.conform import SchemaMismatch, conform
+from r2ec_batch.schemas.tables import (
     ALL_TABLES,
     EVAL_RANKINGS,
     EVALUATIONS,

@@ -21,7 +21,7 @@ from pyspark.sql.types import (
     StructType,
 )
 
-from schemas.tables import TableSpec
+from r2ec_batch.schemas.tables import TableSpec
 
 # Casts that cannot lose information or meaning; everything else must already match.
 _SAFE_CASTS: set[tuple[type, type]] = {

@@ -20,7 +20,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def spark():
-    from jobs.session import build_spark
+    from r2ec_batch.session import build_spark
 
     session = build_spark("r2ec-tests", quiet=True, shuffle_partitions=4)
     yield session
@@ -37,7 +37,7 @@ def ml100k_dir() -> Path:
 @pytest.fixture(scope="session")
 def ml_warehouse(spark, ml100k_dir, tmp_path_factory) -> Path:
     """ML-100k ingested and turned into samples/histories by the jobs themselves."""
-    from jobs import build_histories, ingest
+    from r2ec_batch.jobs import build_histories, ingest
 
     wh = tmp_path_factory.mktemp("ml100k_wh")
     assert ingest.main(["--source", "ml-100k", "--path", str(ml100k_dir),

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
-from schemas import ALL_TABLES
+from r2ec_batch.schemas import ALL_TABLES
 from tests.conftest import ML100K_AS_OF, REPO
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]

@@ -95,7 +95,7 @@ def test_graphs_schedules_retries_and_templates(airflow_env):
 @pytest.fixture(scope="module")
 def slice_warehouse(spark, ml100k_dir, tmp_path_factory):
     """200 ML-100k users, ingested, with a small champion model (what `make run` sets up)."""
-    from jobs import build_histories, build_model, ingest
+    from r2ec_batch.jobs import build_histories, build_model, ingest
 
     data = tmp_path_factory.mktemp("slice")
     lines = (ml100k_dir / "ml-100k.inter").read_text().splitlines()

@@ -165,7 +165,7 @@ def test_test_time_scaling_averages_normalised_states(r2ec, data):
     np.testing.assert_allclose(h, want, atol=1e-6)
     with pytest.raises(ValueError, match="temperature"):
         r2ec.reasoned_states(prompts, True, 2, SamplingConfig())
-    from jobs.evaluate import eval_mode
+    from r2ec_batch.jobs.evaluate import eval_mode
 
     assert [eval_mode(False), eval_mode(True), eval_mode(True, 8, 1.0)] == [
         "no_reasoning", "greedy_reasoning", "reasoning_x8_t1"]

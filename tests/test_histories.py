@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from deltalake import DeltaTable
 
-from jobs import build_histories
+from r2ec_batch.jobs import build_histories
 from tests.conftest import ML100K_AS_OF, delta_version
 
 pytestmark = pytest.mark.spark

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
-from jobs import ingest
+from r2ec_batch.jobs import ingest
 from tests.conftest import delta_version
 
 pytestmark = pytest.mark.spark

@@ -9,9 +9,10 @@ from datetime import datetime
 import pytest
 from deltalake import DeltaTable
 
-from jobs import delta_io, promote, registry
 from r2ec import checkpoint
-from schemas import EVALUATIONS
+from r2ec_batch import delta_io, registry
+from r2ec_batch.jobs import promote
+from r2ec_batch.schemas import EVALUATIONS
 
 pytestmark = pytest.mark.spark
 
@@ -65,7 +66,7 @@ def test_promotion_both_ways(spark, wh, tiny_model_dir, tmp_path, capsys):
     assert promote.main(["--candidate", str(d3), "--margin", "0.01", "--warehouse", str(wh)]) == 0
     assert "rejected" in capsys.readouterr().out
     assert _status(wh) == {v1: "retired", v2: "champion", v3: "rejected"}
-    assert registry.resolve(spark, wh, "champion") == d2.resolve()
+    assert registry.resolve(spark, wh, "champion") == str(d2.resolve())
 
 
 def test_candidate_without_evaluation_is_refused(spark, wh, tiny_model_dir, tmp_path, capsys):

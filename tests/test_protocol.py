@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from deltalake import DeltaTable
 
-from jobs import build_histories, ingest
+from r2ec_batch.jobs import build_histories, ingest
 
 pytestmark = pytest.mark.spark
 

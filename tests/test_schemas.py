@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pytest
 
-from schemas import ALL_TABLES, INTERACTIONS, SchemaMismatch, conform
+from r2ec_batch.schemas import ALL_TABLES, INTERACTIONS, SchemaMismatch, conform
 
 pytestmark = pytest.mark.spark
 NOW = datetime(2026, 1, 1)

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from deltalake import DeltaTable
 
-from jobs import build_model, embed_items, evaluate, score
-from jobs.cli import run
+from r2ec_batch.cli import run
+from r2ec_batch.jobs import build_model, embed_items, evaluate, score
 from tests.conftest import ML100K_AS_OF, REPO
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]

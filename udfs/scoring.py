@@ -1,7 +1,10 @@
 """pandas UDFs (`mapInPandas` iterators) that run the engine inside Spark's Python workers.
 
+- Model and index are given by location (a path or a URI) and version: a worker fetches a
+  remote one into its machine's cache once (`r2ec_batch.artifacts`), so executors never need the
+  driver's disk.
 - The model, tokenizer and index load once per Python worker (module-level cache keyed by model
-  directory, index directory, backend and device; `spark.python.worker.reuse` keeps the worker,
+  version, index location, backend and device; `spark.python.worker.reuse` keeps the worker,
   measured: 2 workers served 8 partitions), never per batch, never pickled into a task.
 - Settings travel as a small frozen dataclass through `functools.partial`.
 - Each Arrow batch (up to spark.sql.execution.arrow.maxRecordsPerBatch rows) is cut into
@@ -31,8 +34,9 @@ _ENGINES: dict[tuple, object] = {}
 
 @dataclass(frozen=True)
 class ScoringSettings:
-    model_dir: str
-    index_dir: str
+    model_location: str
+    model_version: str
+    index_location: str
     top_k: int = 10
     reasoning: bool = True
     samples: int = 1
@@ -74,27 +78,28 @@ def _device(requested: str | None) -> str | None:
     return None
 
 
-def _model(model_dir: str, backend: str, device: str | None, threads: int):
-    key = ("model", model_dir, backend, device)
+def _model(location: str, version: str, backend: str, device: str | None, threads: int):
+    key = ("model", version, backend, device)
     if key not in _ENGINES:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         _set_threads(threads)
         from r2ec.model import R2ec
+        from r2ec_batch.artifacts import local_model
 
-        _ENGINES[key] = R2ec.load(model_dir, device=device, backend=backend)
+        _ENGINES[key] = R2ec.load(local_model(location, version), device=device, backend=backend)
         log.info("worker %d loaded %s", os.getpid(), _ENGINES[key].model_version)
     return _ENGINES[key]
 
 
 def _recommender(s: ScoringSettings):
-    key = ("recommender", s.model_dir, s.index_dir, s.backend, _device(s.device), s.popular)
+    key = ("recommender", s.model_version, s.index_location, s.backend, _device(s.device), s.popular)
     if key not in _ENGINES:
-        from r2ec.index import ItemIndex
         from r2ec.recommend import Recommender
+        from r2ec_batch.artifacts import load_index
 
-        r2ec = _model(s.model_dir, s.backend, _device(s.device), s.threads)
-        index = ItemIndex.load(s.index_dir, expect_model_version=r2ec.model_version, tau=r2ec.tau)
+        r2ec = _model(s.model_location, s.model_version, s.backend, _device(s.device), s.threads)
+        index = load_index(s.index_location, r2ec.model_version, tau=r2ec.tau)
         _ENGINES[key] = Recommender(r2ec, index, s.popular)
     return _ENGINES[key]
 
@@ -125,10 +130,10 @@ def recommend_partition(batches: Iterator[pd.DataFrame], settings: ScoringSettin
             })
 
 
-def embed_partition(batches: Iterator[pd.DataFrame], model_dir: str, backend: str = "transformers",
-                    device: str | None = None, threads: int = 1, chunk_size: int = 256
-                    ) -> Iterator[pd.DataFrame]:
-    r2ec = _model(model_dir, backend, _device(device), threads)
+def embed_partition(batches: Iterator[pd.DataFrame], model_location: str, model_version: str,
+                    backend: str = "transformers", device: str | None = None, threads: int = 1,
+                    chunk_size: int = 256) -> Iterator[pd.DataFrame]:
+    r2ec = _model(model_location, model_version, backend, _device(device), threads)
     for pdf in batches:
         for start in range(0, len(pdf), chunk_size):
             part = pdf.iloc[start: start + chunk_size]
@@ -143,5 +148,6 @@ def recommend_udf(settings: ScoringSettings):
     return functools.partial(recommend_partition, settings=settings)
 
 
-def embed_udf(model_dir: str, **kw):
-    return functools.partial(embed_partition, model_dir=model_dir, **kw)
+def embed_udf(model_location: str, model_version: str, **kw):
+    return functools.partial(embed_partition, model_location=model_location,
+                             model_version=model_version, **kw)

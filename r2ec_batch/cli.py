@@ -1,4 +1,11 @@
-"""What every job shares: logging, common arguments, and the one-line error on bad input."""
+"""What every job shares: logging, common arguments, and one exit-code contract.
+
+Exit status of every job: 0 done (or nothing to do); 1 a check found a problem in data that
+was written (jobs/validate_run.py); 2 the job refused to start or stopped on bad input, a bad
+flag value, a missing table, an older table layout, a missing or corrupted checkpoint or index,
+printed as one line beginning "error:", with nothing written. Anything else is a bug and keeps
+its traceback.
+"""
 
 from __future__ import annotations
 
@@ -36,7 +43,8 @@ def parser(description: str) -> argparse.ArgumentParser:
         description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     p.add_argument("--warehouse", default=DEFAULT_WAREHOUSE,
-                   help="folder holding the Delta tables (env R2EC_WAREHOUSE)")
+                   help="where the Delta tables live: a folder or a URI such as s3a://bucket/wh "
+                        "(env R2EC_WAREHOUSE)")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p
 
@@ -48,14 +56,28 @@ def iso_date(text: str) -> date:
         raise argparse.ArgumentTypeError(f"not a YYYY-MM-DD date: {text!r}") from e
 
 
+def boolean(text: str) -> bool:
+    """A flag's boolean value: true/false, yes/no, on/off, 1/0; anything else is an error
+    (a typo such as `ture` must not silently mean False)."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {text!r} (use true or false)")
+
+
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
     """Run a job's main; turn expected errors into one line on stderr and exit status 2."""
-    from jobs.delta_io import TableMissing, TableOutdated
-    from schemas import SchemaMismatch
+    from r2ec.checkpoint import CheckpointError
+    from r2ec.index import IndexMismatch
+    from r2ec_batch.delta_io import TableMissing, TableOutdated
+    from r2ec_batch.schemas import SchemaMismatch
 
     try:
         code = main(argv)
-    except (JobError, TableMissing, TableOutdated, SchemaMismatch, FileNotFoundError) as e:
+    except (JobError, TableMissing, TableOutdated, SchemaMismatch, CheckpointError, IndexMismatch,
+            FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         code = 2
     sys.exit(code or 0)
@@ -75,8 +97,7 @@ def add_dataclass_args(p: argparse.ArgumentParser, cls, prefix: str = "", group:
         flag = f"--{prefix}{f.name}".replace("_", "-")
         help_text = f.metadata.get("help", "")
         if isinstance(default, bool):
-            g.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes", "on"),
-                           default=default, metavar="BOOL", help=help_text)
+            g.add_argument(flag, type=boolean, default=default, metavar="BOOL", help=help_text)
         elif isinstance(default, list):
             g.add_argument(flag, type=lambda s: s.split(","), default=default, metavar="A,B",
                            help=help_text)
@@ -116,15 +137,18 @@ def parse_with_config(p: argparse.ArgumentParser, argv: list[str] | None) -> arg
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
     if known.config:
-        with open(known.config) as f:
-            data = json.load(f)
+        try:
+            with open(known.config) as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            p.error(f"--config {known.config}: {e}")
         dests = {a.dest for a in p._actions}
         flat = {}
         for section, values in data.items():
             if section.startswith("_"):
                 continue  # comments, provenance
             if section not in CONFIG_SECTIONS:
-                raise SystemExit(f"error: {known.config}: unknown section {section!r}")
+                p.error(f"{known.config}: unknown section {section!r}")
             prefix = CONFIG_SECTIONS[section]
 
             def walk(d: dict, pre: str) -> None:
@@ -142,6 +166,6 @@ def parse_with_config(p: argparse.ArgumentParser, argv: list[str] | None) -> arg
                     del flat[k]
         unknown = sorted(k for k in flat if k not in dests)
         if unknown:
-            raise SystemExit(f"error: {known.config}: unknown setting(s) {unknown}")
+            p.error(f"{known.config}: unknown setting(s) {unknown}")
         p.set_defaults(**flat)
     return p.parse_args(argv)

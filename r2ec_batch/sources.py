@@ -16,13 +16,13 @@ Blank lines are not records and are not counted.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, StringType, StructField, StructType
 
-from jobs.cli import JobError
+from r2ec_batch import storage
+from r2ec_batch.cli import JobError
 
 MAX_ID_CHARS = 128
 MAX_TITLE_CHARS = 1000
@@ -50,10 +50,10 @@ class Candidates:
 def read_lines(spark: SparkSession, path: str, encoding: str = "UTF-8") -> DataFrame:
     """(file, line_no, raw) for every non-blank line. Invalid UTF-8 bytes become U+FFFD, which
     the validators refuse. Fails with a one-line error when the file is missing or empty."""
-    p = Path(path)
-    if not p.is_file():
+    n_bytes = storage.size(path)
+    if n_bytes is None:
         raise JobError(f"{path}: file not found")
-    if p.stat().st_size == 0:
+    if n_bytes == 0:
         raise JobError(f"{path}: file is empty")
     # The CSV reader with an unused separator and no quoting yields each line verbatim, and it
     # (unlike the text reader) honours an encoding, which MovieLens' latin-1 u.item needs.
@@ -61,12 +61,13 @@ def read_lines(spark: SparkSession, path: str, encoding: str = "UTF-8") -> DataF
         spark.read.option("sep", "\u0001").option("quote", "\u0000").option("escape", "\u0000")
         .option("encoding", encoding).option("header", False).option("mode", "PERMISSIVE")
         .option("ignoreLeadingWhiteSpace", False).option("ignoreTrailingWhiteSpace", False)
-        .schema("raw string").csv(str(p.resolve()))
+        .schema("raw string").csv(storage.resolve(path))
     )
     # Line numbers follow file order: monotonically_increasing_id grows with the file offset.
     df = df.withColumn("_mid", F.monotonically_increasing_id())
     df = df.withColumn("line_no", F.row_number().over(Window.orderBy("_mid")).cast("long"))
-    return df.select(F.lit(p.name).alias("file"), "line_no", F.coalesce("raw", F.lit("")).alias("raw"))
+    return df.select(F.lit(storage.basename(path)).alias("file"), "line_no",
+                     F.coalesce("raw", F.lit("")).alias("raw"))
 
 
 def _non_utf8(raw: Column) -> Column:
@@ -118,9 +119,8 @@ _ITEM_COLS = ["file", "line_no", "raw", "item_id", "title", "attributes", "pre_r
 def read_ml100k_atomic(spark: SparkSession, folder: str) -> Candidates:
     """RecBole atomic files: `<name>.inter` (user_id, item_id, rating, timestamp; tab-separated,
     typed header) and `<name>.item` (item_id, movie_title, release_year, class)."""
-    d = Path(folder)
-    inter_path = str(next(iter(sorted(d.glob("*.inter"))), d / "ml-100k.inter"))
-    item_path = str(next(iter(sorted(d.glob("*.item"))), d / "ml-100k.item"))
+    inter_path = next(iter(storage.glob(folder, "*.inter")), storage.join(folder, "ml-100k.inter"))
+    item_path = next(iter(storage.glob(folder, "*.item")), storage.join(folder, "ml-100k.item"))
     il = read_lines(spark, inter_path)
     ih = _header(il, inter_path)
     u, i, r, t = _require(inter_path, ih, [["user_id"], ["item_id"], ["rating"], ["timestamp"]])
@@ -155,8 +155,7 @@ def read_ml100k_atomic(spark: SparkSession, folder: str) -> Candidates:
 def read_movielens_raw(spark: SparkSession, folder: str, encoding: str = "ISO-8859-1") -> Candidates:
     """GroupLens raw files: `u.data` (user, item, rating, unix time; tab-separated, no header)
     and `u.item` (pipe-separated, latin-1: id|title|release date|video date|url|19 genre flags)."""
-    d = Path(folder)
-    data_path, item_path = str(d / "u.data"), str(d / "u.item")
+    data_path, item_path = storage.join(folder, "u.data"), storage.join(folder, "u.item")
     inter = _delimited(read_lines(spark, data_path), "\t", 4, skip_header=False).select(
         "file", "line_no", "raw", _field(0).alias("user_id"), _field(1).alias("item_id"),
         _field(3).alias("ts_raw"), F.lit("s").alias("ts_unit"), _field(2).alias("rating_raw"),

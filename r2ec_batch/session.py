@@ -7,8 +7,10 @@ Where the Delta jars come from, in order:
    (Maven copies delta-spark + delta-storage from Maven Central): works offline afterwards.
 3. Otherwise `configure_spark_with_delta_pip`, i.e. Spark's Ivy resolves them at session start.
 
-Sessions run in UTC, with few shuffle partitions (the data here is small; a cluster overrides it
-with `--conf spark.sql.shuffle.partitions=...`), and with Arrow enabled for pandas UDFs.
+Sessions run in UTC with Arrow enabled for pandas UDFs. Local-mode defaults (no UI, 4g driver,
+8 shuffle partitions, small Delta snapshots) apply only when the master is local: on a cluster
+the platform's and spark-submit's settings stand. Whether Delta is there is found out by calling
+it, so a platform with Delta built in (Databricks) needs no jars from us.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from jobs.cli import JobError
+from r2ec_batch.cli import JobError
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,22 @@ def delta_jars() -> list[str]:
     return sorted(str(p) for p in folder.glob("delta-*.jar")) if folder.is_dir() else []
 
 
+def _is_local(master: str) -> bool:
+    return master.startswith("local")
+
+
+def _delta_works(spark: SparkSession) -> bool:
+    """Whether Delta's classes are on the JVM's class path: ask Delta itself (a platform with
+    Delta built in, such as Databricks, declares no jars for it)."""
+    from delta.tables import DeltaTable
+
+    try:
+        DeltaTable.isDeltaTable(spark, "file:///nonexistent/r2ec-delta-probe")
+        return True
+    except Exception:  # noqa: BLE001 - py4j reports a missing class in several ways
+        return False
+
+
 def build_spark(
     app_name: str,
     master: str | None = None,
@@ -41,8 +59,10 @@ def build_spark(
     quiet: bool = False,
 ) -> SparkSession:
     """Get or create the Spark session with Delta enabled (see the module docstring)."""
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    # Python workers must run this interpreter (the venv with pandas, torch, ...), not `python3`.
+    if _local_intent(master):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    # Python workers must run this interpreter (the venv with pandas, torch, ...), not `python3`;
+    # under spark-submit the cluster's own setting (spark.pyspark.python, an archive) wins.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     # spark-submit starts the JVM before Python runs and passes its settings (master, jars,
     # shuffle partitions) there; then only settings it cannot have made are added here.
@@ -55,15 +75,14 @@ def build_spark(
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
-        "spark.ui.enabled": "false",
         "spark.sql.debug.maxToStringFields": "500",  # wide plans otherwise warn on every job
-        # Delta rebuilds table state with 50 partitions by default: far too many on one machine.
-        "spark.databricks.delta.snapshotPartitions": os.environ.get("R2EC_DELTA_SNAPSHOT_PARTITIONS", "2"),
     }
-    if not submitted:
+    if not submitted and _local_intent(master):
+        # A session this process starts on one machine: no UI port, a driver big enough for
+        # the model, a progress bar only when someone watches.
+        conf["spark.ui.enabled"] = "false"
         conf["spark.ui.showConsoleProgress"] = "false" if quiet else "true"
         conf["spark.driver.memory"] = os.environ.get("R2EC_DRIVER_MEMORY", "4g")
-        conf["spark.sql.shuffle.partitions"] = str(shuffle_partitions or 8)
     conf.update(extra_conf or {})
     for k, v in conf.items():
         builder = builder.config(k, v)
@@ -77,14 +96,28 @@ def build_spark(
             log.warning("no Delta jars in .jars/ or $R2EC_DELTA_JARS; resolving them with Ivy")
             builder = configure_spark_with_delta_pip(builder)
     spark = builder.getOrCreate()
-    got = spark.sparkContext.getConf()
-    if submitted and "delta" not in got.get("spark.jars", "") + got.get("spark.jars.packages", ""):
+    if not _delta_works(spark):
         raise JobError(
-            "Delta jars missing: launch with bin/r2ec-submit, or pass spark-submit --jars "
-            ".jars/delta-spark_4.2_2.13-4.4.0.jar,.jars/delta-storage-4.4.0.jar "
+            "Delta Lake is not on this Spark's class path: launch with bin/r2ec-submit, or pass "
+            "spark-submit --jars .jars/delta-spark_4.2_2.13-4.4.0.jar,.jars/delta-storage-4.4.0.jar "
             "(or --packages io.delta:delta-spark_4.2_2.13:4.4.0)"
         )
-    if submitted and not got.contains("spark.sql.shuffle.partitions"):
-        spark.conf.set("spark.sql.shuffle.partitions", str(shuffle_partitions or 8))
+    got = spark.sparkContext.getConf()
+    if _is_local(spark.sparkContext.master):
+        # The data of one machine is small: few shuffle partitions, and Delta rebuilds table
+        # state with 2 partitions instead of 50. A cluster keeps its own settings.
+        if not got.contains("spark.sql.shuffle.partitions"):
+            spark.conf.set("spark.sql.shuffle.partitions", str(shuffle_partitions or 8))
+        spark.conf.set("spark.databricks.delta.snapshotPartitions",
+                       os.environ.get("R2EC_DELTA_SNAPSHOT_PARTITIONS", "2"))
+    elif shuffle_partitions:
+        spark.conf.set("spark.sql.shuffle.partitions", str(shuffle_partitions))
     spark.sparkContext.setLogLevel(os.environ.get("R2EC_SPARK_LOG_LEVEL", "WARN"))
     return spark
+
+
+def _local_intent(master: str | None) -> bool:
+    """Whether this process will start a local-mode session (before the session exists)."""
+    if "PYSPARK_GATEWAY_PORT" in os.environ:
+        return False  # spark-submit decided; SPARK_LOCAL_IP is bin/r2ec-submit's business
+    return _is_local(master or os.environ.get("R2EC_SPARK_MASTER", "local[2]"))

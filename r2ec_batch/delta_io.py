@@ -23,7 +23,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import MapType
 
-from schemas import TableSpec, conform
+from r2ec_batch import storage
+from r2ec_batch.schemas import TableSpec, conform
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,9 @@ _UPGRADE_HINTS = {
 
 
 def table_path(warehouse: str | Path, spec: TableSpec) -> str:
-    return str(Path(warehouse).resolve() / spec.name)
+    """The table's location: WAREHOUSE/<name>, where the warehouse is a folder or any URI that
+    Spark's Hadoop filesystems read (s3a://, abfss://, gs://, hdfs://)."""
+    return storage.join(warehouse, spec.name)
 
 
 def exists(spark: SparkSession, warehouse: str | Path, spec: TableSpec) -> bool:

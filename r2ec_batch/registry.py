@@ -13,10 +13,11 @@ from pathlib import Path
 from pyspark.sql import Row, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import delta_io
-from jobs.cli import JobError
 from r2ec import checkpoint
-from schemas import MODEL_REGISTRY
+from r2ec_batch import delta_io, storage
+from r2ec_batch.artifacts import ModelRef, open_model
+from r2ec_batch.cli import JobError
+from r2ec_batch.schemas import MODEL_REGISTRY
 
 
 def _now() -> datetime:
@@ -36,24 +37,26 @@ def champion(spark: SparkSession, warehouse) -> Row | None:
     return champs[0] if champs else None
 
 
-def resolve(spark: SparkSession, warehouse, model: str) -> Path:
-    """`champion` -> the champion's directory; anything else is a checkpoint directory."""
+def resolve(spark: SparkSession, warehouse, model: str) -> str:
+    """`champion` -> the champion's location; anything else is a checkpoint location (a folder
+    or a URI)."""
     if model != "champion":
-        return Path(model)
+        return storage.resolve(model)
     row = champion(spark, warehouse)
     if row is None:
         raise JobError("no champion in model_registry; run `make run` or jobs/build_model.py "
                        "--register champion, or pass --model DIR")
-    return Path(row["path"])
+    return row["path"]
 
 
-def resolve_verified(spark: SparkSession, warehouse, model: str) -> tuple[Path, str]:
-    """`resolve`, then the checkpoint's files checked against its manifest: (dir, model_version).
-    A missing or corrupted checkpoint is a one-line job error, before any work starts."""
-    model_dir = resolve(spark, warehouse, model)
+def resolve_verified(spark: SparkSession, warehouse, model: str) -> ModelRef:
+    """`resolve`, then a local copy (remote checkpoints are cached by version) whose files are
+    checked against the manifest. A missing or corrupted checkpoint is a one-line job error,
+    before any work starts."""
+    location = resolve(spark, warehouse, model)
     try:
-        return model_dir, checkpoint.verify(model_dir)["model_version"]
-    except checkpoint.CheckpointError as e:
+        return open_model(location)
+    except (checkpoint.CheckpointError, FileNotFoundError) as e:
         raise JobError(str(e)) from e
 
 
@@ -68,7 +71,7 @@ def register(spark: SparkSession, warehouse, manifest: dict, path: str | Path, s
     version = manifest["model_version"]
     old = existing.get(version)
     new = Row(
-        model_version=version, path=str(Path(path).resolve()), status=status,
+        model_version=version, path=storage.resolve(path), status=status,
         parent_version=manifest.get("parent_version"), stage=manifest.get("stage", "unknown"),
         valid_ndcg10=valid_ndcg10 if valid_ndcg10 is not None else (old["valid_ndcg10"] if old else None),
         metrics_json=json.dumps(metrics) if metrics else (old["metrics_json"] if old else None),
