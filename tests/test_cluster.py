@@ -1,0 +1,349 @@
+"""The pipeline on a real multi-process Spark cluster with its warehouse on an object store.
+
+A standalone cluster (one master, two workers; separate JVMs from the pyspark inside the
+packaged environment) and an S3 server (moto) on 127.0.0.1, both started here and stopped at the
+end. Every job is submitted with that environment's spark-submit, as on a cluster node: Python
+from `dist/r2ec-env.tar` (unpacked once, as a node image would be), the project from the wheel
+inside it, never from this checkout. Tables, model and index live on s3a://; executors fetch
+the model and the index into their own cache. The tables must equal those of local mode on the
+same slice, and a worker killed in the middle of scoring must not change the output.
+
+Needs `make dist` and `make jars-s3a` (both part of `make test`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from deltalake import DeltaTable
+
+from tests.conftest import ML100K_AS_OF, REPO
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+ENV_ARCHIVE = REPO / "dist" / "r2ec-env.tar"
+S3A_JARS = REPO / ".jars" / "s3a"
+BUCKET = "r2ec-test"
+RUN, RUN_KILLED = "1998-04-23", "1998-04-24"
+SLICE_USERS = 60
+TINY = ["--hidden-size", "64", "--num-heads", "2", "--head-dim", "32", "--intermediate-size", "128",
+        "--vocab-size", "2000"]
+SCORE_ARGS = ["--max-new-tokens", "6", "--chunk-size", "8"]
+EVAL_ARGS = ["--split", "test", "--limit", "150", "--max-new-tokens", "6"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(what: str, ok, timeout: float = 120.0) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            if ok():
+                return
+        except (OSError, ValueError, LookupError):  # not up yet, or a UI still starting
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
+
+
+def _json(url: str):
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def node_env(tmp_path_factory):
+    """The packaged environment, unpacked the way a node image or --archives would hold it."""
+    if not ENV_ARCHIVE.is_file() or not any(S3A_JARS.glob("hadoop-aws-*.jar")):
+        pytest.fail("the cluster tests need `make dist` and `make jars-s3a` (make test runs both)")
+    env = tmp_path_factory.mktemp("node") / "env"
+    env.mkdir()
+    subprocess.run(["tar", "-xf", str(ENV_ARCHIVE), "-C", str(env)], check=True)
+    probe = subprocess.run([str(env / "bin" / "python"), "-c",
+                            "import r2ec_batch.jobs.score, r2ec, torch, faiss, s3fs; "
+                            "print(r2ec_batch.__file__)"],
+                           capture_output=True, text=True, cwd=env, check=True)
+    assert str(env) in probe.stdout, "the project must come from the packaged environment"
+    yield env
+    shutil.rmtree(env, ignore_errors=True)  # ~6 GB; pytest keeps its last three temp folders
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """An S3-compatible server on loopback; the environment its clients need."""
+    port = _free_port()
+    server = Path(sys.executable).parent / "moto_server"
+    with open(tmp_path_factory.mktemp("s3") / "moto.log", "w") as log:  # the child keeps its copy
+        proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_ENDPOINT_URL": url, "AWS_REGION": "us-east-1"}
+    try:
+        _wait("S3 server", lambda: urllib.request.urlopen(url, timeout=2).status == 200, 60)
+        import boto3
+
+        boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
+                     aws_secret_access_key="testing").create_bucket(Bucket=BUCKET)
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)  # this process's fsspec / deltalake reads
+        yield env
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    finally:
+        _stop(proc)
+
+
+class Cluster:
+    def __init__(self, env: Path, s3_env: dict, root: Path):
+        self.env, self.s3_env, self.root = env, s3_env, root
+        self.spark_home = next((env / "lib").glob("python3*/site-packages/pyspark"))
+        self.port, self.ui = _free_port(), _free_port()
+        self.url = f"spark://127.0.0.1:{self.port}"
+        self.cwd = root / "driver-cwd"
+        self.cwd.mkdir()
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.daemon_env = {**os.environ, **s3_env, "SPARK_HOME": str(self.spark_home),
+                           "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(root / "logs"),
+                           "PYSPARK_PYTHON": str(env / "bin" / "python")}
+        for k in ("PYSPARK_DRIVER_PYTHON", "VIRTUAL_ENV", "PYTHONPATH"):
+            self.daemon_env.pop(k, None)
+
+    def start(self) -> None:
+        cls = str(self.spark_home / "bin" / "spark-class")
+        self._daemon("master", [cls, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                                "--port", str(self.port), "--webui-port", str(self.ui)])
+        for i in (1, 2):
+            self._daemon(f"worker{i}", [
+                cls, "org.apache.spark.deploy.worker.Worker", self.url, "--host", "127.0.0.1",
+                "--cores", "1", "--memory", "4g", "--webui-port", str(_free_port()),
+                "--work-dir", str(self.root / f"work{i}")])
+        _wait("2 workers", lambda: self.alive_workers() == 2, 180)
+
+    def _daemon(self, name: str, cmd: list[str]) -> None:
+        with open(self.root / f"{name}.log", "w") as log:
+            self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                                env=self.daemon_env, start_new_session=True)
+
+    def alive_workers(self) -> int:
+        state = _json(f"http://127.0.0.1:{self.ui}/json/")
+        return sum(w["state"] == "ALIVE" for w in state["workers"])
+
+    def submit(self, job: str, *args: str, ui_port: int | None = None,
+               background: bool = False) -> subprocess.Popen | subprocess.CompletedProcess:
+        jars = ",".join(str(p) for p in sorted((REPO / ".jars").glob("delta-*.jar")))
+        s3a = ":".join(str(p) for p in sorted(S3A_JARS.glob("*.jar")))
+        endpoint = self.s3_env["AWS_ENDPOINT_URL"]
+        conf = {
+            "spark.pyspark.python": f"{self.env}/bin/python",
+            "spark.pyspark.driver.python": f"{self.env}/bin/python",
+            # the AWS SDK bundle is read from each node's disk, not shipped per application
+            "spark.driver.extraClassPath": s3a, "spark.executor.extraClassPath": s3a,
+            "spark.executor.memory": "1g",
+            "spark.hadoop.fs.s3a.endpoint": endpoint,
+            "spark.hadoop.fs.s3a.endpoint.region": "us-east-1",
+            "spark.hadoop.fs.s3a.path.style.access": "true",
+            "spark.hadoop.fs.s3a.connection.ssl.enabled": "false",
+            "spark.hadoop.fs.s3a.access.key": "testing", "spark.hadoop.fs.s3a.secret.key": "testing",
+            "spark.executorEnv.R2EC_CACHE_DIR": str(self.root / "executor-cache"),
+            # small tables: few shuffle partitions, and Delta's table state in 2 tasks, not 50
+            "spark.sql.shuffle.partitions": "4",
+            "spark.databricks.delta.snapshotPartitions": "2",
+            # Spark's own catalog folder (created at start even when unused) goes to the store
+            "spark.sql.warehouse.dir": f"s3a://{BUCKET}/spark-catalog",
+            "spark.ui.port": str(ui_port or _free_port()),
+            **{f"spark.executorEnv.{k}": v for k, v in self.s3_env.items()},
+        }
+        cmd = [str(self.spark_home / "bin" / "spark-submit"), "--master", self.url,
+               "--driver-memory", "2g", "--jars", jars]
+        for k, v in conf.items():
+            cmd += ["--conf", f"{k}={v}"]
+        site = self.spark_home.parent
+        cmd += [str(site / "r2ec_batch" / "jobs" / f"{job}.py"), *args]
+        env = {**self.daemon_env, "PYSPARK_DRIVER_PYTHON": f"{self.env}/bin/python",
+               "R2EC_CACHE_DIR": str(self.root / "driver-cache"), "HF_HUB_OFFLINE": "1"}
+        if background:
+            return subprocess.Popen(cmd, cwd=self.cwd, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        res = subprocess.run(cmd, cwd=self.cwd, env=env, capture_output=True, text=True, timeout=900)
+        assert res.returncode == 0, f"{job} failed:\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}"
+        return res
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            _stop(p)
+
+
+@pytest.fixture(scope="module")
+def cluster(node_env, s3, tmp_path_factory):
+    c = Cluster(node_env, s3, tmp_path_factory.mktemp("cluster"))
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def data_slice(ml100k_dir, tmp_path_factory) -> Path:
+    """ML-100k's first users (all their events, in file order) and the whole catalogue."""
+    out = tmp_path_factory.mktemp("slice")
+    lines = (ml100k_dir / "ml-100k.inter").read_text().splitlines()
+    keep = [lines[0]] + [ln for ln in lines[1:] if int(ln.split("\t")[0]) <= SLICE_USERS]
+    (out / "ml-100k.inter").write_text("\n".join(keep) + "\n")
+    shutil.copy(ml100k_dir / "ml-100k.item", out / "ml-100k.item")
+    return out
+
+
+@pytest.fixture(scope="module")
+def local_run(spark, data_slice, tmp_path_factory):
+    """The reference: the same jobs in local mode, in this process, on local folders."""
+    from r2ec_batch.jobs import build_histories, build_model, embed_items, evaluate, ingest, score
+
+    wh = tmp_path_factory.mktemp("local") / "wh"
+    model = wh.parent / "tiny"
+    w = ["--warehouse", str(wh)]
+    assert ingest.main(["--source", "ml-100k", "--path", str(data_slice), *w]) == 0
+    assert build_histories.main(["--as-of", ML100K_AS_OF, *w]) == 0
+    assert build_model.main(["--out", str(model), "--register", "none", *TINY, *w]) == 0
+    m = ["--model", str(model)]
+    assert embed_items.main([*m, *w]) == 0
+    assert score.main(["--run-date", RUN, "--as-of", ML100K_AS_OF, *m, *SCORE_ARGS, *w]) == 0
+    assert evaluate.main([*m, *EVAL_ARGS, *w]) == 0
+    return wh, model
+
+
+@pytest.fixture(scope="module")
+def cluster_run(cluster, local_run, data_slice):
+    from r2ec_batch import storage
+
+    _, model = local_run
+    raw, wh = f"s3a://{BUCKET}/raw/ml-100k", f"s3a://{BUCKET}/wh"
+    model_uri = f"s3a://{BUCKET}/models/tiny"
+    storage.publish_dir(data_slice, raw)
+    storage.publish_dir(model, model_uri, last="manifest.json")
+    w, m = ["--warehouse", wh], ["--model", model_uri]
+    cluster.submit("ingest", "--source", "ml-100k", "--path", raw, *w)
+    cluster.submit("build_histories", "--as-of", ML100K_AS_OF, *w)
+    cluster.submit("embed_items", *m, *w)
+    cluster.submit("score", "--run-date", RUN, "--as-of", ML100K_AS_OF, *m, *SCORE_ARGS, *w)
+    cluster.submit("evaluate", *m, *EVAL_ARGS, *w)
+    return wh, model_uri
+
+
+def _read(wh, name: str, sort: list[str]) -> pd.DataFrame:
+    from r2ec_batch import storage
+
+    uri = storage.join(str(wh), name)
+    df = DeltaTable(uri, storage_options=storage.delta_rs_options(uri)).to_pandas()
+    return df.sort_values(sort).reset_index(drop=True)
+
+
+TIMESTAMP_COLUMNS = {"created_at", "evaluated_at", "ingested_at", "updated_at"}
+
+
+def _same(local: pd.DataFrame, remote: pd.DataFrame, float_cols=()) -> None:
+    assert len(local) == len(remote) > 0
+    for col in local.columns:
+        if col in TIMESTAMP_COLUMNS:
+            continue
+        if col in float_cols:
+            a, b = local[col].to_list(), remote[col].to_list()
+            np.testing.assert_allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float),
+                                       rtol=1e-4, atol=1e-5, err_msg=col)
+        else:
+            assert local[col].astype(str).equals(remote[col].astype(str)), col
+
+
+def test_cluster_on_object_store_gives_the_local_tables(local_run, cluster_run, cluster):
+    lw, rw = local_run[0], cluster_run[0]
+    for name, key in (("interactions", ["user_id", "item_id", "ts"]), ("items", ["item_id"]),
+                      ("training_samples", ["sample_id"]),
+                      ("user_histories", ["as_of_date", "user_id"])):
+        _same(_read(lw, name, key), _read(rw, name, key))
+    _same(_read(lw, "item_embeddings", ["item_id"]), _read(rw, "item_embeddings", ["item_id"]),
+          float_cols=("embedding",))
+    recs_key = ["run_date", "user_id", "rank"]
+    _same(_read(lw, "recommendations", recs_key), _read(rw, "recommendations", recs_key),
+          float_cols=("score",))
+    _same(_read(lw, "rationales", ["run_date", "user_id"]),
+          _read(rw, "rationales", ["run_date", "user_id"]))
+    ev_key = ["model_version", "split", "mode", "metric", "k"]
+    _same(_read(lw, "evaluations", ev_key), _read(rw, "evaluations", ev_key), float_cols=("value",))
+    # Nothing written on local disk but caches: the driver's working folder stays empty, and
+    # the executors fetched the model and the index from the store into their own cache.
+    assert not any(cluster.cwd.iterdir()), sorted(p.name for p in cluster.cwd.iterdir())
+    cached = {p.parent.name for p in (cluster.root / "executor-cache").glob("*/*")}
+    assert {"models", "index"} <= cached
+
+
+def test_a_worker_killed_mid_scoring_changes_nothing(cluster, cluster_run):
+    wh, model_uri = cluster_run
+    ui = _free_port()
+    job = cluster.submit("score", "--run-date", RUN_KILLED, "--as-of", ML100K_AS_OF, "--model",
+                         model_uri, *SCORE_ARGS, "--warehouse", wh, ui_port=ui, background=True)
+    victim, app, first_seen = None, None, {}
+    try:
+        def busy_executor():
+            """The scoring stage: 2 tasks (one partition per core), running for seconds where
+            the other stages of the job take well under one."""
+            nonlocal victim, app
+            api = f"http://127.0.0.1:{ui}/api/v1/applications"
+            app = _json(api)[0]["id"]
+            for st in _json(f"{api}/{app}/stages?status=active"):
+                if st["numTasks"] == 2 and st["numActiveTasks"] > 0:
+                    first_seen.setdefault(st["stageId"], time.time())
+            if not any(time.time() - t >= 3 for t in first_seen.values()):
+                return False
+            busy = [e for e in _json(f"{api}/{app}/executors")
+                    if e["id"] != "driver" and e["activeTasks"] > 0]
+            victim = busy[0] if busy else None
+            return victim is not None
+
+        _wait("scoring tasks on the executors", busy_executor, 300)
+        # The executor runs inside the process group of the worker that launched it: kill both.
+        pattern = f"--executor-id {victim['id']} .*--app-id {app}"
+        pid = int(subprocess.run(["pgrep", "-f", "--", pattern],
+                                 capture_output=True, text=True).stdout.split()[0])
+        group = os.getpgid(pid)
+        worker = next(n for n, p in cluster.procs.items() if p.pid == group)
+        os.killpg(group, signal.SIGKILL)
+        out, _ = job.communicate(timeout=900)
+    finally:
+        _stop(job)
+    assert job.returncode == 0, out[-6000:]
+    assert worker.startswith("worker") and cluster.alive_workers() <= 1
+    assert re.search(r"lost executor|executorlost", out, re.IGNORECASE), out[-4000:]
+    recs = _read(wh, "recommendations", ["run_date", "user_id", "rank"])
+    first = recs[recs["run_date"].astype(str) == RUN].drop(columns="run_date").reset_index(drop=True)
+    again = recs[recs["run_date"].astype(str) == RUN_KILLED].drop(columns="run_date").reset_index(drop=True)
+    assert len(again) == SLICE_USERS * 10
+    _same(first, again, float_cols=("score",))
+    rats = _read(wh, "rationales", ["run_date", "user_id"])
+    assert (rats.groupby("run_date").size() == SLICE_USERS).all()
