@@ -3,7 +3,7 @@
 A `TableSpec` carries the table's name (also its folder under the warehouse), its Spark schema,
 its key, its partition columns and a one-line description that the README repeats for analysts.
 Jobs never spell a column list themselves: they build a DataFrame, pass it through
-`schemas.conform` and write it with the helpers in `jobs/delta_io.py`.
+`schemas.conform` and write it with the helpers in `r2ec_batch/delta_io.py`.
 
 Ids are strings everywhere (MovieLens ids are numbers, Amazon's are ASINs); the engine maps
 item ids to rows of its item table itself.
