@@ -6,13 +6,15 @@ and `quarantine`.
     spark-submit jobs/ingest.py --source amazon2023 --reviews Video_Games.jsonl --meta meta_Video_Games.jsonl
 
 Every row read is either accepted or quarantined with a reason, and the job prints
-`read = accepted + quarantined` per file. Tables are written with MERGE on their keys, so
-ingesting the same files again changes nothing. Each event keeps the file and line it was read
-from (`source_file`, `source_line`): events of the same second keep that order downstream, as
-the evaluation protocol's stable sort does. An `interactions` table written before those columns
-existed is migrated here (columns added); re-ingesting its files fills them. A missing or empty
-file, or one without the required columns, stops the job before anything is written (one-line
-error, exit status 2).
+`read = accepted + quarantined` per file. An item whose text has bytes that are not UTF-8 is
+repaired instead (U+FFFD in their place), accepted with its events, and also listed in
+`quarantine` with action 'repaired' and its original bytes; it counts as accepted. Tables are
+written with MERGE on their keys, so ingesting the same files again changes nothing. Each event
+keeps the file and line it was read from (`source_file`, `source_line`): events of the same
+second keep that order downstream, as the evaluation protocol's stable sort does. Tables written
+before the source-order or repair columns existed are migrated here (columns added); re-ingesting
+their files fills them. A missing or empty file, or one without the required columns, stops the
+job before anything is written (one-line error, exit status 2).
 """
 
 from __future__ import annotations
@@ -50,15 +52,23 @@ def _args(argv: list[str] | None):
     return a
 
 
-def _quarantine_rows(refused: DataFrame, source: str, now: datetime) -> DataFrame:
+def _quarantine_rows(rows: DataFrame, source: str, now: datetime) -> DataFrame:
     # Hash of file, line number and content: stable across re-runs of the same file, distinct
     # for two identical lines (an exact duplicate is quarantined once per extra copy).
     row_hash = F.sha2(F.concat_ws("\u0001", "file", F.col("line_no").cast("string"), "raw"), 256)
-    return refused.select(
+    return rows.select(
         F.lit(source).alias("source"), row_hash.alias("row_hash"), "file", "line_no",
         F.substring("raw", 1, 4000).alias("raw"), "reason",
         F.lit(now.date()).alias("ingest_date"), F.lit(now).cast("timestamp").alias("ingested_at"),
+        "action", "raw_bytes_hex",
     )
+
+
+def _with_raw_bytes(spark, repaired: DataFrame, items_file: str) -> DataFrame:
+    """The repaired rows with their original bytes (few rows: collected and joined back)."""
+    hexes = sources.raw_bytes_hex(spark, items_file, [r["line_no"] for r in repaired.collect()])
+    table = spark.createDataFrame(list(hexes.items()) or [(0, None)], "line_no long, raw_bytes_hex string")
+    return repaired.join(table, "line_no", "left").withColumn("action", F.lit("repaired"))
 
 
 def _count_by_file(df: DataFrame) -> dict[str, int]:
@@ -79,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         source = f"amazon2023:{cand.files['items'].rsplit('/', 1)[-1]}"
     now = datetime.now(timezone.utc).replace(tzinfo=None)
 
-    items_ok, items_bad = sources.validate_items(cand.items)
-    items_ok = items_ok.cache()
+    items_ok, items_bad, items_fixed = sources.validate_items(cand.items)
+    items_ok, items_fixed = items_ok.cache(), items_fixed.cache()
     # Events may refer to items of this ingest or of an earlier one.
     known = items_ok.select("item_id")
     if delta_io.exists(spark, a.warehouse, ITEMS):
@@ -93,9 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     bad_n = _count_by_file(refused)
     ok_n = {cand.files["items"].rsplit("/", 1)[-1]: items_ok.count(),
             cand.files["interactions"].rsplit("/", 1)[-1]: inter_ok.count()}
+    fixed_n = _count_by_file(items_fixed)
     for f, n in read_n.items():
         line = (f"{f}: read {n:,} = accepted {ok_n.get(f, 0):,} + quarantined {bad_n.get(f, 0):,}")
-        print(line, flush=True)
+        repaired = f" ({fixed_n[f]:,} accepted after repair)" if fixed_n.get(f) else ""
+        print(line + repaired, flush=True)
         if n != ok_n.get(f, 0) + bad_n.get(f, 0):
             raise cli.JobError(f"reconciliation failed ({line}); nothing written")
     if refused.count():
@@ -103,12 +115,18 @@ def main(argv: list[str] | None = None) -> int:
             log.info("quarantined %d row(s): %s", r["count"], r["reason"])
 
     delta_io.add_missing_columns(spark, a.warehouse, INTERACTIONS)
+    delta_io.add_missing_columns(spark, a.warehouse, QUARANTINE)
+    listed = refused.withColumns({"action": F.lit("refused"),
+                                  "raw_bytes_hex": F.lit(None).cast("string")})
+    if fixed_n:
+        listed = listed.unionByName(_with_raw_bytes(spark, items_fixed, cand.files["items"]))
     stamp = {"source": F.lit(source), "ingested_at": F.lit(now).cast("timestamp")}
     m_items = delta_io.merge_into(items_ok.withColumns(stamp), ITEMS, a.warehouse,
                                   update_columns=["title", "attributes"])
     m_inter = delta_io.merge_into(inter_ok.withColumns(stamp), INTERACTIONS, a.warehouse,
                                   update_columns=["rating", "source_file", "source_line"])
-    m_q = delta_io.merge_into(_quarantine_rows(refused, source, now), QUARANTINE, a.warehouse)
+    m_q = delta_io.merge_into(_quarantine_rows(listed, source, now), QUARANTINE, a.warehouse,
+                              update_columns=["reason", "action", "raw_bytes_hex"])
     for name, m in (("items", m_items), ("interactions", m_inter), ("quarantine", m_q)):
         print(f"{name}: inserted {int(m.get('numTargetRowsInserted', 0)):,}, "
               f"updated {int(m.get('numTargetRowsUpdated', 0)):,} "

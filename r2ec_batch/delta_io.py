@@ -43,6 +43,8 @@ class TableOutdated(RuntimeError):
 _UPGRADE_HINTS = {
     "interactions": "re-run jobs/ingest.py on the same files: it adds the source-order columns "
                     "and fills them, nothing else changes",
+    "quarantine": "re-run jobs/ingest.py: it adds the repair columns (action, raw_bytes_hex) "
+                  "and nothing else changes",
     "eval_rankings": "its sample ids belong to an older sample numbering: move the folder aside "
                      "and re-run jobs/evaluate.py for the models you need",
 }

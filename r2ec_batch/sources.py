@@ -11,6 +11,11 @@ Each reader returns two *candidate* DataFrames with the same columns for every s
 fields, unparseable JSON). `validate_items` / `validate_interactions` apply the remaining rules
 and give every refused row exactly one reason, so read = accepted + quarantined holds exactly.
 Blank lines are not records and are not counted.
+
+An item whose title or attributes hold bytes that are not UTF-8 is *repaired*, not refused: the
+bad bytes are already U+FFFD in its text, the item is accepted (and so are the events that refer
+to it), and the row is also listed in `quarantine` with action 'repaired' and its original bytes.
+A repaired row counts as accepted. An id with bad bytes cannot be trusted and is refused.
 """
 
 from __future__ import annotations
@@ -70,8 +75,22 @@ def read_lines(spark: SparkSession, path: str, encoding: str = "UTF-8") -> DataF
                      F.coalesce("raw", F.lit("")).alias("raw"))
 
 
+NOT_UTF8 = "text is not valid UTF-8"
+REPAIRED = "repaired: bytes that are not UTF-8 replaced with U+FFFD"
+
+
 def _non_utf8(raw: Column) -> Column:
     return raw.contains("\ufffd")
+
+
+def raw_bytes_hex(spark: SparkSession, path: str, line_nos: list[int]) -> dict[int, str]:
+    """The original bytes (hex) of some lines of a file: read again as ISO-8859-1, which maps
+    every byte to one character, with the same line numbering as `read_lines`."""
+    if not line_nos:
+        return {}
+    lines = read_lines(spark, path, encoding="ISO-8859-1").filter(F.col("line_no").isin(line_nos))
+    return {r["line_no"]: r["hex"] for r in lines.select(
+        "line_no", F.hex(F.encode("raw", "ISO-8859-1")).alias("hex")).collect()}
 
 
 def _header(lines: DataFrame, path: str) -> list[str]:
@@ -98,7 +117,7 @@ def _delimited(lines: DataFrame, sep: str, n_fields: int, skip_header: bool) -> 
     df = lines.filter(F.col("line_no") > 1) if skip_header else lines
     fields = F.split(F.col("raw"), sep, -1)
     reason = (
-        F.when(_non_utf8(F.col("raw")), F.lit("text is not valid UTF-8"))
+        F.when(_non_utf8(F.col("raw")), F.lit(NOT_UTF8))
         .when(F.length("raw") > MAX_LINE_CHARS, F.lit(f"line longer than {MAX_LINE_CHARS} chars"))
         .when(F.size(fields) != n_fields,
               F.format_string(f"expected {n_fields} fields separated by {sep!r}, got %d",
@@ -197,7 +216,7 @@ def _json(lines: DataFrame, schema: StructType, required: list[str], path: str) 
     if missing:
         raise JobError(f"{path}: missing required field(s) {', '.join(missing)} in every record")
     reason = (
-        F.when(_non_utf8(F.col("raw")), F.lit("text is not valid UTF-8"))
+        F.when(_non_utf8(F.col("raw")), F.lit(NOT_UTF8))
         .when(F.length("raw") > MAX_LINE_CHARS, F.lit(f"line longer than {MAX_LINE_CHARS} chars"))
         .when(F.col("j").isNull() | F.col("j._corrupt").isNotNull(), F.lit("unparseable JSON"))
     )
@@ -270,8 +289,15 @@ def _early(df: DataFrame) -> DataFrame:
         "file", "line_no", "raw", F.col("pre_reason").alias("reason"))
 
 
-def validate_items(items: DataFrame) -> tuple[DataFrame, DataFrame]:
-    """(accepted: item_id, title, attributes) and (refused: file, line_no, raw, reason)."""
+def validate_items(items: DataFrame) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """(accepted: item_id, title, attributes), (refused: file, line_no, raw, reason) and
+    (repaired: file, line_no, raw, reason), the accepted rows whose text was repaired."""
+    # Bad bytes only in the text: the row is repairable. Bad bytes in the id (or a row that
+    # failed to parse) stay refused.
+    repairable = ((F.col("pre_reason") == NOT_UTF8) & F.col("item_id").isNotNull()
+                  & ~_non_utf8(F.col("item_id")))
+    items = items.withColumn("_repaired", repairable).withColumn(
+        "pre_reason", F.when(repairable, F.lit(None).cast("string")).otherwise(F.col("pre_reason")))
     reason = (
         F.when(F.col("item_id").isNull() | (F.col("item_id") == ""), F.lit("missing item id"))
         .when(F.length("item_id") > MAX_ID_CHARS, F.lit(f"item id longer than {MAX_ID_CHARS} chars"))
@@ -282,9 +308,11 @@ def validate_items(items: DataFrame) -> tuple[DataFrame, DataFrame]:
         items.filter(F.col("pre_reason").isNull()), reason, ["item_id"],
         lambda v: F.format_string("duplicate item id (first seen on line %d)", v["_first_line"]),
     )
-    accepted = checked.filter(F.col("reason").isNull()).select("item_id", "title", "attributes")
+    ok = checked.filter(F.col("reason").isNull())
+    accepted = ok.select("item_id", "title", "attributes")
+    repaired = ok.filter("_repaired").select("file", "line_no", "raw", F.lit(REPAIRED).alias("reason"))
     refused = checked.filter(F.col("reason").isNotNull()).select("file", "line_no", "raw", "reason")
-    return accepted, refused.unionByName(_early(items))
+    return accepted, refused.unionByName(_early(items)), repaired
 
 
 def validate_interactions(inter: DataFrame, known_items: DataFrame) -> tuple[DataFrame, DataFrame]:

@@ -92,10 +92,15 @@ QUARANTINE = TableSpec(
         _f("reason", _S, False),
         _f("ingest_date", _D, False),
         _f("ingested_at", _TS, False),
+        # 'refused' (not in the tables) or 'repaired' (accepted with U+FFFD in place of bytes
+        # that are not UTF-8); null on rows written before repairs existed, which were refused.
+        _f("action", _S),
+        _f("raw_bytes_hex", _S),  # a repaired row's original bytes, hex
     ]),
     key=("source", "row_hash"),
     partition_by=("ingest_date",),
-    description="Input rows that were refused, with the reason; nothing read is ever dropped silently.",
+    description="Input rows that were refused or repaired, with the reason; nothing read is ever "
+                "dropped silently.",
 )
 
 _HISTORY_FIELDS = [

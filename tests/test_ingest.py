@@ -69,6 +69,7 @@ def _write_bad_fixture(folder: Path) -> dict[str, Counter]:
 
     good = [f"{u}\t{i}\t{(u + i) % 5 + 1}\t{GOOD_TS + 60 * (u * 10 + i)}"
             for u in (10, 11) for i in range(1, 6)]
+    good.append(f"12\t8\t4\t{GOOD_TS}")  # refers to the item whose title is repaired
     bad = [
         f"\t1\t4\t{GOOD_TS}",                 # missing user id
         f"10\t999\t3\t{GOOD_TS}",             # unknown item
@@ -86,8 +87,7 @@ def _write_bad_fixture(folder: Path) -> dict[str, Counter]:
     inter_bytes += b"12\t1\t4\t88125\xff0949\n"  # not UTF-8
     (folder / "bad.inter").write_bytes(inter_bytes)
     return {
-        "bad.item": Counter({"missing title": 1, "duplicate item id": 1, "expected 4 fields": 1,
-                             "text is not valid UTF-8": 1}),
+        "bad.item": Counter({"missing title": 1, "duplicate item id": 1, "expected 4 fields": 1}),
         "bad.inter": Counter({"missing user id": 1, "unknown item id": 2,
                               "unparseable timestamp": 1, "unparseable rating": 1,
                               "rating out of range": 1, "timestamp out of range": 1,
@@ -109,17 +109,27 @@ def test_bad_input_goes_to_quarantine_with_reasons(spark, tmp_path, capsys):
     expected = _write_bad_fixture(data)
     assert ingest.main(["--source", "ml-100k", "--path", str(data), "--warehouse", str(wh)]) == 0
     out = capsys.readouterr().out
-    assert "bad.item: read 9 = accepted 5 + quarantined 4" in out
-    assert "bad.inter: read 22 = accepted 10 + quarantined 12" in out
+    # the item with a latin-1 byte in its title is repaired, not refused, and counts as accepted
+    assert "bad.item: read 9 = accepted 6 + quarantined 3 (1 accepted after repair)" in out
+    assert "bad.inter: read 23 = accepted 11 + quarantined 12" in out
 
     q = _table(wh, "quarantine")
+    refused, repaired = q[q["action"] == "refused"], q[q["action"] == "repaired"]
+    assert len(refused) + len(repaired) == len(q)
     for file, want in expected.items():
-        got = Counter(_kind(r, want) for r in q[q["file"] == file]["reason"])
+        got = Counter(_kind(r, want) for r in refused[refused["file"] == file]["reason"])
         assert got == want, file
     assert q["line_no"].notna().all() and q["row_hash"].is_unique
     dup = q[q["reason"].str.startswith("exact duplicate")].iloc[0]
-    assert dup["reason"] == "exact duplicate of line 2" and dup["line_no"] == 19
-    assert len(_table(wh, "interactions")) == 10 and len(_table(wh, "items")) == 5
+    assert dup["reason"] == "exact duplicate of line 2" and dup["line_no"] == 20
+    # the repair: title kept with U+FFFD, original bytes recorded, and its event accepted
+    (fix,) = repaired.itertuples()
+    assert fix.file == "bad.item" and fix.line_no == 10
+    assert bytes.fromhex(fix.raw_bytes_hex) == b"8\tCaf\xe9 Society\t1990\tDrama"
+    items = _table(wh, "items").set_index("item_id")
+    assert items.loc["8", "title"] == "Caf\ufffd Society (1990)"
+    inter = _table(wh, "interactions")
+    assert len(inter) == 11 and len(items) == 6 and (inter["item_id"] == "8").sum() == 1
 
     # Re-ingesting the same bad files adds nothing anywhere.
     versions = {t: delta_version(wh / t) for t in ("interactions", "items", "quarantine")}
