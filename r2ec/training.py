@@ -228,6 +228,10 @@ def run_loop(r2ec: R2ec, cfg, *, stage: str, out_dir: Path, steps_per_epoch: int
 
     acc = Accelerator(cpu=r2ec.device.type == "cpu")
     model = r2ec.model
+    if getattr(cfg, "gradient_checkpointing", False):
+        # Non-reentrant checkpointing needs no input that requires grad, so it works under
+        # LoRA (frozen embeddings) without peft's enable_input_require_grads hook.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                             betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay)
     model, opt = acc.prepare(model, opt)
@@ -283,6 +287,8 @@ def run_loop(r2ec: R2ec, cfg, *, stage: str, out_dir: Path, steps_per_epoch: int
         acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         logged = after_step(step, infos) if after_step else {}
+        if r2ec.device.type == "cuda":
+            torch.cuda.synchronize()  # the step's kernels are done: its time is its own
         counter.step += 1
         counter.elapsed_s += time.time() - started  # training time: validations not counted
         bar.update(1)
@@ -290,7 +296,7 @@ def run_loop(r2ec: R2ec, cfg, *, stage: str, out_dir: Path, steps_per_epoch: int
         bar.set_postfix(loss=f"{loss_mean:.3f}", refresh=False)
         scalars = {k: v for i in infos for k, v in i.items() if isinstance(v, (int, float))}
         metrics_log.write(step=counter.step, lr=opt.param_groups[0]["lr"], progress=round(frac, 4),
-                          train_s=round(counter.elapsed_s, 1), **scalars, **logged)
+                          train_s=round(counter.elapsed_s, 3), **scalars, **logged)
         over_time = budget and counter.elapsed_s > budget
         last = counter.step == total or over_time or counter.step == cfg.max_steps
         if (counter.step % cfg.eval_every == 0 or last) and evaluate_now():

@@ -91,6 +91,9 @@ class WarmStartConfig:
                        default=4)
     save_every: int = _h("steps between resumable training-state saves", default=100)
     seed: int = _h("seed of data order and sampling", default=0)
+    gradient_checkpointing: bool = _h("recompute each layer's activations in the backward "
+                                      "pass: far less memory for production backbones, one more "
+                                      "forward pass of compute", default=False)
     lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA settings"})
 
 
@@ -138,8 +141,9 @@ def user_windows(samples: pd.DataFrame, catalog: Catalog, window: int, stride: i
 def catalogue_softmax_loss(users: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
                            tau: float) -> torch.Tensor:
     """Cross-entropy of each user state's target over the given item states (cosine / tau).
-    `targets` index rows of `items`."""
-    logits = F.normalize(users, dim=-1) @ F.normalize(items, dim=-1).T / tau
+    `targets` index rows of `items`. In float32 whatever the model's dtype: with bf16 states,
+    cosine / 0.02 would be rounded to steps of 0.25."""
+    logits = F.normalize(users.float(), dim=-1) @ F.normalize(items.float(), dim=-1).T / tau
     return F.cross_entropy(logits, targets)
 
 

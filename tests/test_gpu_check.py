@@ -1,0 +1,61 @@
+"""`bench/gpu_check.py`, the script a lent GPU runs as it is, taken through its CPU path with a
+tiny shape in bf16 and gradient checkpointing (the settings it uses on a GPU), so that a bare
+GPU machine does not find its bugs. The GPU run itself is marked `gpu`."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+SCRIPT = REPO / "bench" / "gpu_check.py"
+
+
+def run_check(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    out = tmp_path / "rows.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--json", str(out), *args],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    rows = json.loads(out.read_text()) if out.is_file() else []
+    return proc, rows
+
+
+def test_cpu_tiny_path_prints_every_row(tmp_path):
+    proc, rows = run_check(tmp_path, "--device", "cpu", "--tiny", "--dtype", "bfloat16",
+                           "--gradient-checkpointing", "--data", "synthetic",
+                           "--default-model", str(tmp_path / "no-model"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    by = {r["what"]: r for r in rows if r["what"] != "scoring, transformers"}
+    scoring = [r for r in rows if r["what"] == "scoring, transformers"]
+    assert [r["setting"].split(",")[0] for r in scoring] == ["batch 1", "batch 32", "batch 128"]
+    for r in [by["warm start"], by["RecPO step"], *scoring]:
+        assert math.isfinite(r["value"]) and r["value"] > 0, r
+        assert "FAILED" not in r["note"]
+    assert "gradient checkpointing" in by["RecPO step"]["note"]
+    assert by["default model scoring"]["note"].startswith("skipped: no default model")
+    # The table is the last thing printed: one line per row under its header.
+    table = proc.stdout[proc.stdout.index("| what |"):].strip().splitlines()
+    assert len(table) == 2 + len(rows)
+
+
+def test_a_failing_row_fails_the_run(tmp_path):
+    """A row that breaks is reported in the table and the exit status is 1."""
+    proc, rows = run_check(tmp_path, "--device", "cpu", "--tiny", "--data", "synthetic",
+                           "--recpo-steps", "1", "--warmstart-steps", "1", "--batches", "2",
+                           "--default-model", str(tmp_path / "no-model"))
+    assert proc.returncode == 1
+    failed = [r for r in rows if "FAILED" in r["note"]]
+    # one step cannot be timed after the first: both training rows say so
+    assert {r["what"] for r in failed} == {"warm start", "RecPO step"}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_production_shape(tmp_path):
+    proc, rows = run_check(tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:]
