@@ -84,7 +84,7 @@ run: setup data  ## the whole pipeline on ML-100k with the default model; prints
 	$(SUBMIT) jobs/evaluate.py --model $(MODEL_DIR) --split valid --only-if-missing
 	$(SUBMIT) jobs/promote.py --candidate $(MODEL_DIR)
 	$(SUBMIT) jobs/embed_items.py
-	$(SUBMIT) jobs/score.py --run-date $(RUN_DATE) --as-of $(AS_OF)
+	$(SUBMIT) jobs/score.py --run-date $(RUN_DATE) --as-of $(AS_OF) --publish
 	$(SUBMIT) jobs/evaluate.py --split test
 	$(PY) -m r2ec_batch.jobs.report --warehouse $(WAREHOUSE)
 

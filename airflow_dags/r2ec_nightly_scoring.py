@@ -1,17 +1,28 @@
 """
 ### R²ec nightly scoring
 
-Every night, for the logical date `{{ ds }}`:
+**Which date is which.** The DAG runs on daily data intervals (CronDataIntervalTimetable): the
+run for day D starts when D is complete, just after 00:00 UTC of D + 1, and `{{ ds }}` is D (the
+start of its data interval). Histories are taken as of the end of D and the output's `run_date`
+is D: a run scores the last complete day, never a day still being written. A backfill of D sees
+no event after D.
 
 1. **ingest** the raw files again (MERGE: unchanged rows cost nothing, bad rows go to `quarantine`);
 2. **histories**: each user's latest 20 items as of the end of `{{ ds }}` into `user_histories`;
-3. **embed**: item embeddings + FAISS index for the *champion* model; skipped by the job itself
-   when both are up to date, so it only works after a new champion or new items;
-4. **score**: reasoning -> h_T -> top-k into `recommendations` and `rationales`, partition
-   `run_date = {{ ds }}` (`--incremental` re-scores only users whose history changed);
-5. **validate**: k distinct items per user, none from the history, one rationale each, one model.
+3. **embed**: item embeddings + FAISS index for the model; skipped by the job itself when both
+   are up to date, so it only works after a new champion or new items;
+4. **score**: reasoning -> h_T -> top-k into `recommendations` and `rationales` as a new,
+   unpublished run of (`run_date = {{ ds }}`, variant) (`--incremental` re-scores only users whose
+   history changed);
+5. **publish**: audits the run (k distinct unseen items per user, one rationale each, row counts
+   against `user_histories`, one model) and only then publishes it: one commit to
+   `published_runs` makes its recommendations and rationales visible together. A failed audit
+   publishes nothing (readers keep the previous run) and is not retried: the same rows would
+   fail again.
 
-Every task rewrites only its own date's partition, so re-running or backfilling a date is safe.
+Variants: trigger with `-c '{"variant": "challenger", "model": "models/x/best"}'` to score and
+publish a challenger for a date beside the champion (`variant` is in the output tables' key).
+Re-running or backfilling a date is safe: each task rewrites only its own date (and variant).
 Tasks call the jobs through `bin/r2ec-submit`, the same wrapper a person uses by hand: it carries
 the Delta jars, the project's venv and Spark's log settings, so a task and a manual run behave
 identically (the Spark provider's SparkSubmitOperator would need all of that repeated in a
@@ -28,7 +39,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from airflow.providers.standard.operators.bash import BashOperator
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 
 REPO = str(Path(__file__).resolve().parents[1])
 
@@ -53,7 +64,8 @@ with DAG(
     dag_id="r2ec_nightly_scoring",
     description="Nightly R²ec batch scoring into Delta",
     doc_md=__doc__,
-    schedule="@daily",
+    # Data intervals, not Airflow 3's default trigger timetable: {{ ds }} is the completed day.
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -66,6 +78,10 @@ with DAG(
         "data_path": Param(f"{REPO}/data/raw/ml-100k", type="string", description="input folder"),
         "top_k": Param(10, type="integer", minimum=1, description="items per user"),
         "max_new_tokens": Param(32, type="integer", minimum=1, description="reasoning budget"),
+        "model": Param("champion", type="string",
+                       description="'champion' or a checkpoint folder / URI"),
+        "variant": Param("champion", type="string", pattern="^[A-Za-z0-9_-]{1,64}$",
+                         description="output variant (champion, challenger, ...)"),
     },
 ) as dag:
     ingest = BashOperator(
@@ -81,20 +97,21 @@ with DAG(
     )
     embed = BashOperator(
         task_id="embed_items",
-        doc_md="Item embeddings + index for the champion; a no-op when already up to date.",
-        bash_command=f"{SUBMIT} jobs/embed_items.py --model champion {WH}",
+        doc_md="Item embeddings + index for the model; a no-op when already up to date.",
+        bash_command=f"{SUBMIT} jobs/embed_items.py --model {{{{ params.model }}}} {WH}",
     )
+    run = ("--run-date {{ ds }} --as-of {{ ds }} --variant {{ params.variant }} "
+           "--top-k {{ params.top_k }}")
     score = BashOperator(
         task_id="score",
-        doc_md="Top-k and rationales for `run_date = {{ ds }}`, champion model, incremental.",
-        bash_command=(f"{SUBMIT} jobs/score.py --run-date {{{{ ds }}}} --model champion --incremental "
-                      "--top-k {{ params.top_k }} --max-new-tokens {{ params.max_new_tokens }} "
-                      f"{WH}"),
+        doc_md="A new, unpublished run for `run_date = {{ ds }}` and the variant (incremental).",
+        bash_command=(f"{SUBMIT} jobs/score.py {run} --model {{{{ params.model }}}} --incremental "
+                      f"--max-new-tokens {{{{ params.max_new_tokens }}}} {WH}"),
     )
-    validate = BashOperator(
-        task_id="validate",
-        doc_md="Fails the run if any user lacks k distinct, unseen items or a rationale.",
-        bash_command=(f"{SUBMIT} jobs/validate_run.py --run-date {{{{ ds }}}} "
-                      f"--top-k {{{{ params.top_k }}}} {WH}"),
+    publish = BashOperator(
+        task_id="publish",
+        doc_md="Audit the run; publish it (one commit) only if every check passes.",
+        bash_command=f"{SUBMIT} jobs/publish.py {run} --model {{{{ params.model }}}} {WH}",
+        retries=0,  # a failed audit is deterministic: retrying would fail the same way
     )
-    ingest >> histories >> embed >> score >> validate
+    ingest >> histories >> embed >> score >> publish

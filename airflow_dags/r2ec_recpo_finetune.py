@@ -1,18 +1,24 @@
 """
 ### R²ec periodic RecPO fine-tuning with champion promotion
 
-Weekly, for the logical date `{{ ds }}`:
+**Which date is which.** Weekly data intervals (CronDataIntervalTimetable, Sunday 00:00 UTC): the
+run for the week [`{{ ds }}`, `{{ data_interval_end | ds }}`) starts when that week is complete,
+and trains on events up to the end of its last day (`as-of` below), never on later data, also
+when backfilled.
 
 1. **training_samples**: rebuild the paper-protocol samples (80/10/10 by target time) from the
-   current `interactions`;
+   `interactions` up to the as-of day;
 2. **train_recpo**: RecPO from the current *champion*, within a time budget, into
-   `models/recpo-{{ ds_nodash }}` (registered as `candidate`);
+   `models/recpo-{{ ds_nodash }}` (registered as `candidate`, with the training data's Delta
+   version and the full configuration);
 3. **embed_candidate**: its item embeddings and FAISS index;
-4. **evaluate_candidate** / **evaluate_champion**: both on the same valid split, same sample
-   limit, greedy reasoning (the champion is re-evaluated: the split may have moved);
-5. **promote**: the candidate becomes champion only if its valid NDCG@10 beats the champion's by
-   `margin`; otherwise it is recorded as `rejected` and the champion stays. Scoring always uses
-   the champion, so the nightly DAG picks up a promotion on its next run.
+4. **evaluate_candidate** / **evaluate_champion**: both on the same valid samples, greedy
+   reasoning, in parallel (evaluations are appended, so the two never conflict, and every
+   evaluation stays in the table's history);
+5. **promote**: paired comparison on those samples; the candidate becomes champion only if the
+   lower end of the 95% bootstrap interval of its NDCG@10 gain is above `margin` (0: better
+   beyond resampling noise); otherwise it is recorded as `rejected` and the champion stays.
+   Scoring always uses the champion, so the nightly DAG picks up a promotion on its next run.
 
 Tasks call `bin/r2ec-submit` like the nightly DAG (see its notes). Paths come from the Variables
 `r2ec_repo`, `r2ec_warehouse`, `r2ec_models`, else from the params.
@@ -24,7 +30,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from airflow.providers.standard.operators.bash import BashOperator
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 
 REPO = str(Path(__file__).resolve().parents[1])
 
@@ -36,6 +42,7 @@ def _v(name: str, param: str) -> str:
 SUBMIT = f"cd {_v('r2ec_repo', 'repo')} && bin/r2ec-submit --conf spark.ui.showConsoleProgress=false"
 WH = f"--warehouse {_v('r2ec_warehouse', 'warehouse')}"
 CANDIDATE = f"{_v('r2ec_models', 'models')}/recpo-{{{{ ds_nodash }}}}"
+AS_OF = "{{ (data_interval_end - macros.timedelta(days=1)) | ds }}"  # the week's last day
 EVAL = "--split valid --limit {{ params.eval_limit }} --max-new-tokens {{ params.max_new_tokens }}"
 
 default_args = {
@@ -49,7 +56,7 @@ with DAG(
     dag_id="r2ec_recpo_finetune",
     description="Weekly RecPO fine-tuning of the champion, promoted only if better",
     doc_md=__doc__,
-    schedule="@weekly",
+    schedule=CronDataIntervalTimetable("0 0 * * 0", timezone="UTC"),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -64,13 +71,14 @@ with DAG(
         "train_minutes": Param(60, type="number", minimum=1, description="RecPO time budget"),
         "max_new_tokens": Param(32, type="integer", minimum=1),
         "eval_limit": Param(2000, type="integer", minimum=0, description="valid samples (0 = all)"),
-        "margin": Param(0.0, type="number", description="NDCG@10 gain needed to promote"),
+        "margin": Param(0.0, type="number",
+                        description="the paired 95% interval of the NDCG@10 gain must lie above this"),
     },
 ) as dag:
     samples = BashOperator(
         task_id="training_samples",
-        doc_md="Rebuild `training_samples` (overwrite, one commit).",
-        bash_command=f"{SUBMIT} jobs/build_histories.py --as-of {{{{ ds }}}} --skip-histories {WH}",
+        doc_md="Rebuild `training_samples` from events up to the week's last day (one commit).",
+        bash_command=f"{SUBMIT} jobs/build_histories.py --as-of {AS_OF} --skip-histories {WH}",
     )
     train = BashOperator(
         task_id="train_recpo",
@@ -94,7 +102,7 @@ with DAG(
     )
     promote = BashOperator(
         task_id="promote",
-        doc_md="Champion only if better by `margin`; else the candidate is `rejected`.",
+        doc_md="Champion only if the paired 95% interval of the gain clears `margin`.",
         bash_command=(f"{SUBMIT} jobs/promote.py --candidate {CANDIDATE}/best "
                       f"--margin {{{{ params.margin }}}} {WH}"),
     )

@@ -10,7 +10,8 @@ stable sort of the input); users in order of their first event in the input; one
 position >= 1 with the previous <= window items; all samples stably sorted by target time;
 `sample_id` = the index in that order (the reference's `interaction_id`); the first int(.8 N)
 are train, up to int(.9 N) valid, the rest test. Every train target is no later than every
-valid target, and so on. The whole table is rewritten in one commit.
+valid target, and so on. Only events up to the end of --as-of are used, so a backfill for an
+earlier date trains on what was known then. The whole table is rewritten in one commit.
 
 user_histories: each user's latest <= window events up to the end of --as-of (UTC), oldest
 first in the same order, in partition as_of_date = --as-of, replaced in one commit (a re-run
@@ -35,7 +36,7 @@ log = logging.getLogger("build_histories")
 def _args(argv: list[str] | None):
     p = cli.parser(__doc__.split("\n\n")[0])
     p.add_argument("--as-of", type=cli.iso_date, default=date.today(),
-                   help="user_histories hold events up to the end of this UTC day")
+                   help="both tables use events up to the end of this UTC day only")
     p.add_argument("--window", type=int, default=20, help="history window (paper: 20)")
     p.add_argument("--split", default="0.8,0.1,0.1", help="train,valid,test fractions by target time")
     p.add_argument("--skip-samples", action="store_true", help="only build user_histories")
@@ -138,15 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     a = _args(argv)
     cli.setup_logging(a.verbose)
     spark = build_spark("r2ec-build-histories")
-    events = _events(spark, a.warehouse).cache()
+    end = datetime.combine(a.as_of + timedelta(days=1), time())
+    events = _events(spark, a.warehouse).filter(F.col("ts") < F.lit(end)).cache()
     if not a.skip_samples:
         samples = training_samples(events, a.window, a.fractions)
         m = delta_io.overwrite(samples, TRAINING_SAMPLES, a.warehouse)
         counts = {r["split"]: r["count"] for r in
                   delta_io.read(spark, a.warehouse, TRAINING_SAMPLES).groupBy("split").count().collect()}
         print(f"training_samples: {sum(counts.values()):,} samples (train {counts.get('train', 0):,}, "
-              f"valid {counts.get('valid', 0):,}, test {counts.get('test', 0):,}); "
-              f"table version {m['version']}", flush=True)
+              f"valid {counts.get('valid', 0):,}, test {counts.get('test', 0):,}) from events "
+              f"up to the end of {a.as_of}; table version {m['version']}", flush=True)
     if not a.skip_histories:
         hist = user_histories(events, a.as_of, a.window)
         m = delta_io.replace_partition(hist, USER_HISTORIES, a.warehouse, "as_of_date",

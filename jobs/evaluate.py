@@ -92,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         log.info("no current index for %s yet: building it", version)
         log.info(artifacts.build_index(spark, a.warehouse, model, backend=a.backend, device=a.device))
 
-    samples = (delta_io.read(spark, a.warehouse, TRAINING_SAMPLES)
+    delta_io.add_missing_columns(spark, a.warehouse, EVALUATIONS)
+    data_version = delta_io.version(spark, a.warehouse, TRAINING_SAMPLES)
+    samples = (spark.read.format("delta").option("versionAsOf", data_version)
+               .load(delta_io.table_path(a.warehouse, TRAINING_SAMPLES))
                .filter(F.col("split") == a.split).orderBy("sample_id"))
     if a.limit:
         samples = samples.limit(a.limit)
@@ -125,17 +128,20 @@ def main(argv: list[str] | None = None) -> int:
     m = pos.agg(*aggs).first().asDict()
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     rows = [(version, a.dataset, a.split, name.split("@")[0], int(name.split("@")[1]), float(v), n,
-             mode, now) for name, v in m.items()]
+             mode, now, data_version) for name, v in m.items()]
     if not a.no_reasoning:
         quality = _rationale_quality(spark, a.warehouse, ranked, samples)
         rows += [(version, a.dataset, a.split, f"rationale_{name.split('@')[0]}",
-                  int(name.split("@")[1]) if "@" in name else 0, float(v), n, mode, now)
+                  int(name.split("@")[1]) if "@" in name else 0, float(v), n, mode, now,
+                  data_version)
                  for name, v in quality.items() if v == v]  # NaN: nothing of that kind named
         print("rationales: " + ", ".join(f"{k} {v:.3f}" for k, v in quality.items()), flush=True)
     df = spark.createDataFrame(rows, EVALUATIONS.schema)
-    delta_io.merge_into(df, EVALUATIONS, a.warehouse,
-                        update_columns=["value", "n_samples", "mode", "evaluated_at"])
-    print(f"{version} on {a.dataset}/{a.split} ({n:,} samples, {mode.replace('_', ' ')}):")
+    # Appended, never merged: the history stays, and evaluations running at the same time (the
+    # fine-tuning DAG evaluates candidate and champion in parallel) never conflict.
+    delta_io.append(df, EVALUATIONS, a.warehouse)
+    print(f"{version} on {a.dataset}/{a.split} ({n:,} samples of training_samples version "
+          f"{data_version}, {mode.replace('_', ' ')}):")
     print("  " + "  ".join(f"{k:>8}" for k in m))
     print("  " + "  ".join(f"{v:8.4f}" for v in m.values()), flush=True)
     return 0

@@ -26,6 +26,19 @@ def _open(wh: str, name: str) -> DeltaTable | None:
     return DeltaTable(uri, storage_options=opts) if DeltaTable.is_deltatable(uri, opts) else None
 
 
+def published(wh: str, name: str, variant: str | None = "champion") -> pd.DataFrame | None:
+    """Rows of `recommendations` / `rationales` from published runs only: the newest row of
+    `published_runs` per (run_date, variant) names the run readers see (write-audit-publish)."""
+    rows, runs = _table(wh, name), _table(wh, "published_runs")
+    if rows is None or runs is None:
+        return None
+    live = (runs.sort_values("published_at").groupby(["run_date", "variant"]).tail(1)
+            [["run_date", "variant", "run_id"]])
+    if variant is not None:
+        live = live[live["variant"] == variant]
+    return rows.merge(live, on=["run_date", "variant", "run_id"])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--warehouse", default="warehouse", help="a folder or a URI (s3a://bucket/wh)")
@@ -45,20 +58,25 @@ def main(argv: list[str] | None = None) -> int:
         ev = _table(wh, "evaluations")
         if ev is not None:
             ev = ev[ev["model_version"] == champ["model_version"]]
+            # evaluations keep every run: show the newest figure of each metric
+            ev = ev.sort_values("evaluated_at").groupby(
+                ["split", "mode", "metric", "k"]).tail(1)
             if len(ev):
                 t = ev.pivot_table(index=["split", "mode", "n_samples"], columns=["metric", "k"],
                                    values="value")
                 t.columns = [f"{m}@{k}" for m, k in t.columns]
                 print("\nmetrics (paper protocol: full catalogue, history masked):")
                 print(t.round(4).to_string())
-    recs, rats, items = _table(wh, "recommendations"), _table(wh, "rationales"), _table(wh, "items")
+    recs, rats = published(wh, "recommendations"), published(wh, "rationales")
+    items = _table(wh, "items")
     if recs is not None and len(recs):
         last = recs["run_date"].max()
         recs = recs[recs["run_date"] == last]
         user = a.user or sorted(recs["user_id"])[0]
         mine = recs[recs["user_id"] == user].sort_values("rank").merge(
             items[["item_id", "title"]], on="item_id", how="left")
-        print(f"\nrun {last}, user {user}:")
+        print(f"\npublished champion run of {last} ({mine['run_id'].iloc[0] if len(mine) else '-'}), "
+              f"user {user}:")
         print(mine[["rank", "item_id", "title", "score"]].to_string(index=False))
         if rats is not None:
             r = rats[(rats["run_date"] == last) & (rats["user_id"] == user)]

@@ -1,15 +1,18 @@
 """Score users with the dual-head model: reasoning -> h_T -> top-k from the item index, into
-`recommendations` and `rationales` for one run date.
+`recommendations` and `rationales` as a new run of (run date, variant), not yet published.
 
-    bin/r2ec-submit jobs/score.py --run-date 2026-11-26
+    bin/r2ec-submit jobs/score.py --run-date 2026-11-26 --publish
     bin/r2ec-submit jobs/score.py --run-date 2026-11-26 --no-reasoning --top-k 20
     bin/r2ec-submit jobs/score.py --run-date 2026-11-27 --incremental
-    bin/r2ec-submit jobs/score.py --run-date 2026-11-26 --users 196,186 --model models/x/best
+    bin/r2ec-submit jobs/score.py --run-date 2026-11-26 --variant challenger --model models/x/best
 
-Reads user_histories as of --as-of (default: the run date). Each table's run_date partition is
-replaced in one commit, so re-running a date gives the same rows. --incremental re-scores only
-users whose history changed since the latest earlier run of the same model and copies the others.
-Refuses to run when the index was built for another model version (run embed_items.py).
+Reads user_histories as of --as-of (default: the run date). The run's rows get a new run_id;
+readers see them only once `jobs/publish.py` (or `--publish` here) has audited and published
+the run, recommendations and rationales together (`r2ec_batch/publishing.py`). Re-running a
+date first drops that date's unpublished runs of the variant, so the published run stays
+visible until a new one passes its audit. --incremental re-scores only users whose history
+changed since the latest earlier published run of the same variant and model, and copies the
+others. Refuses to run when the index was built for another model version (run embed_items.py).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType, StringType, TimestampType
 
-from r2ec_batch import artifacts, cli, delta_io, registry
+from r2ec_batch import artifacts, cli, delta_io, publishing, registry
 from r2ec_batch.schemas import INTERACTIONS, RATIONALES, RECOMMENDATIONS, USER_HISTORIES
 from r2ec_batch.session import build_spark
 from r2ec_batch.udfs.scoring import RECOMMEND_SCHEMA, ScoringSettings, recommend_udf
@@ -36,6 +39,10 @@ def _args(argv):
     p.add_argument("--run-date", type=cli.iso_date, required=True, help="partition to write")
     p.add_argument("--as-of", type=cli.iso_date, help="user_histories date (default: run date)")
     p.add_argument("--model", default="champion", help="'champion' or a checkpoint folder / URI")
+    p.add_argument("--variant", default=publishing.CHAMPION, type=cli.variant,
+                   help="output variant: champion, challenger, or any name ([A-Za-z0-9_-])")
+    p.add_argument("--publish", action="store_true",
+                   help="audit the run and publish it when every check passes (as jobs/publish.py)")
     p.add_argument("--top-k", type=int, default=10, help="items per user")
     p.add_argument("--samples", type=int, default=1,
                    help="reasonings per user; >1 averages their h_T (needs --temperature > 0)")
@@ -57,10 +64,11 @@ def _args(argv):
     return a
 
 
-def _previous_run(spark, warehouse, run_date, version) -> DataFrame | None:
+def _previous_run(spark, warehouse, run_date, variant, version) -> DataFrame | None:
+    """Rationales of the latest published run of this variant and model before run_date."""
     if not delta_io.exists(spark, warehouse, RATIONALES):
         return None
-    r = delta_io.read(spark, warehouse, RATIONALES).filter(
+    r = publishing.published(spark, warehouse, RATIONALES, variant).filter(
         (F.col("run_date") < F.lit(run_date)) & (F.col("model_version") == version))
     last = r.agg(F.max("run_date")).first()[0]
     return None if last is None else r.filter(F.col("run_date") == F.lit(last))
@@ -70,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     a = _args(argv)
     cli.setup_logging(a.verbose)
     spark = build_spark("r2ec-score")
+    publishing.migrate(spark, a.warehouse)
     model = registry.resolve_verified(spark, a.warehouse, a.model)
     version = model.version
     idx_location = artifacts.index_location(a.warehouse, version)
@@ -100,10 +109,12 @@ def main(argv: list[str] | None = None) -> int:
 
     carried = None
     if a.incremental:
-        prev = _previous_run(spark, a.warehouse, a.run_date, version)
+        prev = _previous_run(spark, a.warehouse, a.run_date, a.variant, version)
         if prev is not None:
-            same = prev.select("user_id", "history_hash", F.col("run_date").alias("prev_date"))
-            unchanged = hist.join(same, ["user_id", "history_hash"], "inner").select("user_id", "prev_date")
+            same = prev.select("user_id", "history_hash", F.col("run_date").alias("prev_date"),
+                               F.col("run_id").alias("prev_run"))
+            unchanged = hist.join(same, ["user_id", "history_hash"], "inner").select(
+                "user_id", "prev_date", "prev_run")
             carried = unchanged.cache()
             hist = hist.join(unchanged, "user_id", "left_anti")
             log.info("incremental: %d users unchanged since the last run", carried.count())
@@ -124,29 +135,47 @@ def main(argv: list[str] | None = None) -> int:
     scored.count()
     seconds = time.time() - start
 
-    run_date, mv = F.lit(a.run_date), F.lit(version)
+    run_id = publishing.new_run_id()
+    run = [F.lit(a.run_date).alias("run_date"), F.lit(a.variant).alias("variant"),
+           F.lit(run_id).alias("run_id")]
+    mv = F.lit(version)
     recs = scored.select(F.col("key").alias("user_id"),
                          F.posexplode(F.arrays_zip("item_ids", "scores")).alias("pos", "r")).select(
-        run_date.alias("run_date"), "user_id", (F.col("pos") + 1).cast("int").alias("rank"),
+        *run, "user_id", (F.col("pos") + 1).cast("int").alias("rank"),
         F.col("r.item_ids").alias("item_id"), F.col("r.scores").alias("score"), mv.alias("model_version"))
-    rats = scored.select(run_date.alias("run_date"), F.col("key").alias("user_id"), "text",
-                         "tokens", "history_hash", "fallback", mv.alias("model_version"))
+    rats = scored.select(*run, F.col("key").alias("user_id"), "text", "tokens", "history_hash",
+                         "fallback", mv.alias("model_version"))
     if carried is not None:
-        old_recs = delta_io.read(spark, a.warehouse, RECOMMENDATIONS).join(
-            carried.withColumnRenamed("prev_date", "run_date"), ["run_date", "user_id"])
-        old_rats = delta_io.read(spark, a.warehouse, RATIONALES).join(
-            carried.withColumnRenamed("prev_date", "run_date"), ["run_date", "user_id"])
-        recs = recs.unionByName(old_recs.withColumn("run_date", run_date))
-        rats = rats.unionByName(old_rats.withColumn("run_date", run_date))
-    m1 = delta_io.replace_partition(recs, RECOMMENDATIONS, a.warehouse, "run_date", str(a.run_date))
-    m2 = delta_io.replace_partition(rats, RATIONALES, a.warehouse, "run_date", str(a.run_date))
+        def copied(spec):
+            old = delta_io.read(spark, a.warehouse, spec).filter(F.col("variant") == a.variant)
+            return old.join(carried.withColumnRenamed("prev_date", "run_date")
+                            .withColumnRenamed("prev_run", "run_id"),
+                            ["run_date", "run_id", "user_id"]).drop("run_date", "variant", "run_id")
+        recs = recs.unionByName(copied(RECOMMENDATIONS).select(*run, "*"))
+        rats = rats.unionByName(copied(RATIONALES).select(*run, "*"))
+    publishing.drop_unpublished(spark, a.warehouse, a.run_date, a.variant)
+    # Two commits; until the run is published neither is visible, so a job stopped between
+    # them leaves readers' view as it was (and the half-written run fails its audit).
+    m1 = delta_io.append(recs, RECOMMENDATIONS, a.warehouse)
+    m2 = delta_io.append(rats, RATIONALES, a.warehouse)
     fallbacks = scored.filter(F.col("fallback").isNotNull()).count()
     print(f"scored {n_users:,} users in {seconds:.1f}s ({n_users / max(seconds, 1e-9):.1f} users/s) "
           f"with {version}{' (no reasoning)' if a.no_reasoning else ''}; "
           f"{fallbacks:,} popularity fallbacks; "
           f"{(carried.count() if carried is not None else 0):,} carried over; "
           f"recommendations: {int(m1.get('numOutputRows', 0)):,} rows, "
-          f"rationales: {int(m2.get('numOutputRows', 0)):,} rows (run_date {a.run_date})", flush=True)
+          f"rationales: {int(m2.get('numOutputRows', 0)):,} rows; run {run_id} "
+          f"({a.run_date}, {a.variant})", flush=True)
+    if not a.publish:
+        print(f"not published yet: jobs/publish.py --run-date {a.run_date} --variant {a.variant} "
+              f"--as-of {a.as_of} --top-k {a.top_k}", flush=True)
+        return 0
+    try:
+        publishing.audit_and_publish(spark, a.warehouse, a.run_date, a.variant, run_id, a.as_of,
+                                     a.top_k, version, by="jobs/score.py --publish")
+    except publishing.NotPublished as e:
+        print(f"error: {e}", flush=True)
+        return 1
     return 0
 
 

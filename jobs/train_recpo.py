@@ -64,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     spark = build_spark("r2ec-train")
     items = delta_io.read(spark, a.warehouse, ITEMS).select("item_id", "title", "attributes").toPandas()
-    samples = delta_io.read(spark, a.warehouse, TRAINING_SAMPLES).filter(F.col("split") != "test")
+    # One snapshot of training_samples for the whole run, recorded with the model.
+    data_version = delta_io.version(spark, a.warehouse, TRAINING_SAMPLES)
+    samples = (spark.read.format("delta").option("versionAsOf", data_version)
+               .load(delta_io.table_path(a.warehouse, TRAINING_SAMPLES))
+               .filter(F.col("split") != "test"))
     train = samples.filter(F.col("split") == "train").orderBy("sample_id")
     valid = samples.filter(F.col("split") == "valid").orderBy("sample_id")
     if a.train_limit:
@@ -83,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.register != "none":
         registry.register(spark, a.warehouse, manifest, best_location, a.register,
                           valid_ndcg10=metrics["ndcg@10"], metrics={"valid": metrics, **summary},
-                          config=asdict(cfg))
+                          config={"stage": a.stage, "from": start.location,
+                                  "from_version": start.version,
+                                  "training_samples_version": data_version,
+                                  "train_samples": len(train), "valid_samples": len(valid),
+                                  "config": asdict(cfg)})
     print(f"{a.stage}: {manifest['model_version']} valid NDCG@10 {metrics['ndcg@10']:.4f} "
           f"HR@10 {metrics['hit@10']:.4f} ({len(valid):,} samples) -> {best_location}", flush=True)
     return 0

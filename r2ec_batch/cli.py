@@ -1,7 +1,8 @@
 """What every job shares: logging, common arguments, and one exit-code contract.
 
 Exit status of every job: 0 done (or nothing to do); 1 a check found a problem in data that
-was written (jobs/validate_run.py); 2 the job refused to start or stopped on bad input, a bad
+was written (jobs/validate_run.py; jobs/publish.py and score.py --publish, which then publish
+nothing); 2 the job refused to start or stopped on bad input, a bad
 flag value, a missing table, an older table layout, a missing or corrupted checkpoint or index,
 printed as one line beginning "error:", with nothing written. Anything else is a bug and keeps
 its traceback.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from datetime import date, datetime
@@ -54,6 +56,14 @@ def iso_date(text: str) -> date:
         return datetime.strptime(text, "%Y-%m-%d").date()
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"not a YYYY-MM-DD date: {text!r}") from e
+
+
+def variant(text: str) -> str:
+    """An output variant's name (a partition value): 1-64 letters, digits, '_' or '-'."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", text):
+        raise argparse.ArgumentTypeError(f"not a variant name: {text!r} (use 1-64 letters, "
+                                         "digits, '_' or '-', e.g. champion, challenger)")
+    return text
 
 
 def boolean(text: str) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +46,12 @@ _UPGRADE_HINTS = {
                     "and fills them, nothing else changes",
     "quarantine": "re-run jobs/ingest.py: it adds the repair columns (action, raw_bytes_hex) "
                   "and nothing else changes",
+    "recommendations": "run jobs/score.py or jobs/publish.py once: they add run_id/variant "
+                       "and publish the old rows as run legacy-<run_date>",
+    "rationales": "run jobs/score.py or jobs/publish.py once: they add run_id/variant and "
+                  "publish the old rows as run legacy-<run_date>",
+    "evaluations": "run jobs/evaluate.py once: it adds the data_version column, nothing else "
+                   "changes",
     "eval_rankings": "its sample ids belong to an older sample numbering: move the folder aside "
                      "and re-run jobs/evaluate.py for the models you need",
 }
@@ -67,6 +74,12 @@ def read(spark: SparkSession, warehouse: str | Path, spec: TableSpec) -> DataFra
     table = spark.read.format("delta").load(path)
     check_layout(spark, warehouse, spec, table)
     return table
+
+
+def version(spark: SparkSession, warehouse: str | Path, spec: TableSpec) -> int:
+    """The table's current Delta version (read it with versionAsOf to stay on that snapshot)."""
+    read(spark, warehouse, spec)  # exists and has this version's layout
+    return int(DeltaTable.forPath(spark, table_path(warehouse, spec)).history(1).first()["version"])
 
 
 def layout_differences(spark: SparkSession, warehouse: str | Path, spec: TableSpec) -> list[str]:
@@ -131,6 +144,28 @@ def ensure_table(spark: SparkSession, warehouse: str | Path, spec: TableSpec) ->
     return builder.execute()
 
 
+def _is_conflict(e: Exception) -> bool:
+    text = f"{type(e).__name__} {e}"
+    return "ConcurrentAppend" in text or "ConcurrentDelete" in text or "DELTA_CONCURRENT" in text \
+        or "ConcurrentTransaction" in text or "MetadataChanged" in text
+
+
+def with_conflict_retry(write, what: str, attempts: int = 4):
+    """Run a Delta write again when another writer's commit conflicted with it (optimistic
+    concurrency: the loser must re-read and retry). Our writes are idempotent replacements, so
+    a retry gives the same table; backoff 2, 4, 8 s with jitter."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return write()
+        except Exception as e:  # noqa: BLE001 - only Delta's conflicts are retried
+            if attempt == attempts or not _is_conflict(e):
+                raise
+            wait = 2 ** attempt * (0.5 + random.random())
+            log.warning("%s: concurrent Delta commit conflicted (attempt %d of %d); retrying in "
+                        "%.1f s", what, attempt, attempts, wait)
+            time.sleep(wait)
+
+
 def _slow_identity(seconds: float):
     def fn(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for b in batches:
@@ -186,10 +221,14 @@ def merge_into(
         return {"version": version, "numTargetRowsInserted": "0", "numTargetRowsUpdated": "0"}
     df = _maybe_slowed(df)
     on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in spec.key)
-    m = dt.alias("t").merge(df.alias("s"), on)
-    if update_columns:
-        m = m.whenMatchedUpdate(set={c: f"s.`{c}`" for c in update_columns})
-    m.whenNotMatchedInsertAll().execute()
+
+    def run_merge() -> None:
+        m = dt.alias("t").merge(df.alias("s"), on)
+        if update_columns:
+            m = m.whenMatchedUpdate(set={c: f"s.`{c}`" for c in update_columns})
+        m.whenNotMatchedInsertAll().execute()
+
+    with_conflict_retry(run_merge, f"{spec.name} MERGE")
     metrics = _last_commit_metrics(dt)
     log.info("%s: MERGE -> version %s %s", spec.name, metrics["version"], _short(metrics))
     return metrics
@@ -217,16 +256,29 @@ def replace_where(
     spark = df.sparkSession
     ensure_table(spark, warehouse, spec)
     predicate = " AND ".join(f"`{c}` = '{v}'" for c, v in where.items())
-    (
+    with_conflict_retry(lambda: (
         _maybe_slowed(df)
         .write.format("delta")
         .mode("overwrite")
         .option("replaceWhere", predicate)
         .save(table_path(warehouse, spec))
-    )
+    ), f"{spec.name} ({predicate})")
     metrics = _last_commit_metrics(DeltaTable.forPath(spark, table_path(warehouse, spec)))
     log.info("%s: replaced %s -> version %s %s", spec.name, predicate, metrics["version"],
              _short(metrics))
+    return metrics
+
+
+def append(df: DataFrame, spec: TableSpec, warehouse: str | Path) -> dict[str, str]:
+    """Add rows in one commit. Blind appends never conflict with other writers, which is why
+    the tables that several jobs write at once (published_runs, evaluations) are append-only."""
+    df = conform(df, spec)
+    spark = df.sparkSession
+    ensure_table(spark, warehouse, spec)
+    with_conflict_retry(lambda: _maybe_slowed(df).write.format("delta").mode("append")
+                        .save(table_path(warehouse, spec)), f"{spec.name} append")
+    metrics = _last_commit_metrics(DeltaTable.forPath(spark, table_path(warehouse, spec)))
+    log.info("%s: appended -> version %s %s", spec.name, metrics["version"], _short(metrics))
     return metrics
 
 

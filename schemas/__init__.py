@@ -9,6 +9,7 @@ from r2ec_batch.schemas.tables import (
     ITEM_EMBEDDINGS,
     ITEMS,
     MODEL_REGISTRY,
+    PUBLISHED_RUNS,
     QUARANTINE,
     RATIONALES,
     RECOMMENDATIONS,
@@ -19,6 +20,6 @@ from r2ec_batch.schemas.tables import (
 
 __all__ = [
     "ALL_TABLES", "EVALUATIONS", "EVAL_RANKINGS", "INTERACTIONS", "ITEMS", "ITEM_EMBEDDINGS",
-    "MODEL_REGISTRY", "QUARANTINE", "RATIONALES", "RECOMMENDATIONS", "TRAINING_SAMPLES",
+    "MODEL_REGISTRY", "PUBLISHED_RUNS", "QUARANTINE", "RATIONALES", "RECOMMENDATIONS", "TRAINING_SAMPLES",
     "USER_HISTORIES", "SchemaMismatch", "TableSpec", "conform",
 ]

@@ -157,25 +157,38 @@ ITEM_EMBEDDINGS = TableSpec(
     description="H_V: the model's last-token hidden state of each item prompt (not normalised).",
 )
 
+# Scoring output is written per run (write-audit-publish): a scoring run appends its rows under
+# a new run_id in (run_date, variant); `published_runs` says which run of each (run_date,
+# variant) analysts see. Recommendations and rationales of a run therefore become visible
+# together, in the one commit that publishes the run, and only after it passed its audit.
+_RUN_FIELDS = [
+    _f("run_date", _D, False),
+    # champion, challenger, or any name ([A-Za-z0-9_-]): two models scored for one date side by
+    # side; analysts' default view is the published champion
+    _f("variant", _S, False),
+    _f("run_id", _S, False),  # UTC time of the scoring run + a random suffix: sorts by age
+]
+
 RECOMMENDATIONS = TableSpec(
     name="recommendations",
     schema=StructType([
-        _f("run_date", _D, False),
+        *_RUN_FIELDS,
         _f("user_id", _S, False),
         _f("rank", IntegerType(), False),
         _f("item_id", _S, False),
         _f("score", FloatType(), False),
         _f("model_version", _S, False),
     ]),
-    key=("run_date", "user_id", "rank"),
-    partition_by=("run_date",),
-    description="Top-k per user and run date; score = cosine(h_T, h_v) / tau; history items never appear.",
+    key=("run_date", "variant", "run_id", "user_id", "rank"),
+    partition_by=("run_date", "variant"),
+    description="Top-k per user, run date and variant; score = cosine(h_T, h_v) / tau; history "
+                "items never appear. Only runs listed in published_runs are meant for readers.",
 )
 
 RATIONALES = TableSpec(
     name="rationales",
     schema=StructType([
-        _f("run_date", _D, False),
+        *_RUN_FIELDS,
         _f("user_id", _S, False),
         _f("text", _S, False),
         _f("tokens", IntegerType(), False),
@@ -183,9 +196,29 @@ RATIONALES = TableSpec(
         _f("fallback", _S),
         _f("model_version", _S, False),
     ]),
-    key=("run_date", "user_id"),
-    partition_by=("run_date",),
+    key=("run_date", "variant", "run_id", "user_id"),
+    partition_by=("run_date", "variant"),
     description="The reasoning the model wrote before recommending (empty with --no-reasoning).",
+)
+
+PUBLISHED_RUNS = TableSpec(
+    name="published_runs",
+    schema=StructType([
+        _f("run_date", _D, False),
+        _f("variant", _S, False),
+        _f("run_id", _S, False),
+        _f("model_version", _S, False),
+        _f("as_of_date", _D, False),
+        _f("top_k", IntegerType(), False),
+        _f("users", LongType(), False),
+        _f("recommendations", LongType(), False),
+        _f("published_at", _TS, False),
+        _f("published_by", _S, False),  # the job or Airflow run that published it
+    ]),
+    key=("run_date", "variant", "published_at"),
+    description="Every publication of an audited scoring run, appended; the newest row per "
+                "(run_date, variant) is the run analysts see (publishing an older run_id again "
+                "rolls back).",
 )
 
 EVALUATIONS = TableSpec(
@@ -200,9 +233,14 @@ EVALUATIONS = TableSpec(
         _f("n_samples", LongType(), False),
         _f("mode", _S, False),
         _f("evaluated_at", _TS, False),
+        # Delta version of training_samples the evaluation read (null on rows from before it
+        # was recorded): two evaluations are comparable only on the same data.
+        _f("data_version", LongType()),
     ]),
-    key=("model_version", "dataset", "split", "mode", "metric", "k"),
-    description="Offline metrics (hit, ndcg at k) of a model on a split, paper protocol.",
+    key=("model_version", "dataset", "split", "mode", "metric", "k", "evaluated_at"),
+    description="Offline metrics (hit, ndcg at k, rationale quality) of a model on a split, "
+                "paper protocol; appended, one row per metric and evaluation: the history is "
+                "kept, the newest evaluated_at is the current figure.",
 )
 
 EVAL_RANKINGS = TableSpec(
@@ -242,6 +280,6 @@ ALL_TABLES: dict[str, TableSpec] = {
     t.name: t
     for t in (
         INTERACTIONS, ITEMS, QUARANTINE, USER_HISTORIES, TRAINING_SAMPLES, ITEM_EMBEDDINGS,
-        RECOMMENDATIONS, RATIONALES, EVALUATIONS, EVAL_RANKINGS, MODEL_REGISTRY,
+        RECOMMENDATIONS, RATIONALES, PUBLISHED_RUNS, EVALUATIONS, EVAL_RANKINGS, MODEL_REGISTRY,
     )
 }

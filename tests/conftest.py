@@ -46,6 +46,26 @@ def ml_warehouse(spark, ml100k_dir, tmp_path_factory) -> Path:
     return wh
 
 
+RUN = "1998-04-23"  # the run date the scoring tests write
+SMALL = ["--hidden-size", "64", "--num-heads", "2", "--head-dim", "32", "--intermediate-size", "128",
+         "--vocab-size", "2000"]
+
+
+@pytest.fixture(scope="session")
+def scored(ml_warehouse, tmp_path_factory):
+    """The ML-100k warehouse with a small champion model, its index, and one published run."""
+    from r2ec_batch.jobs import build_model, embed_items, score
+
+    wh = ml_warehouse
+    model = tmp_path_factory.mktemp("m") / "small"
+    assert build_model.main(["--out", str(model), "--register", "champion", "--warehouse", str(wh),
+                             *SMALL]) == 0
+    assert embed_items.main(["--warehouse", str(wh)]) == 0
+    assert score.main(["--run-date", RUN, "--warehouse", str(wh), "--max-new-tokens", "6",
+                       "--publish"]) == 0
+    return wh, model
+
+
 def delta_version(path: Path) -> int:
     from deltalake import DeltaTable
 

@@ -41,7 +41,7 @@ RUN, RUN_KILLED = "1998-04-23", "1998-04-24"
 SLICE_USERS = 60
 TINY = ["--hidden-size", "64", "--num-heads", "2", "--head-dim", "32", "--intermediate-size", "128",
         "--vocab-size", "2000"]
-SCORE_ARGS = ["--max-new-tokens", "6", "--chunk-size", "8"]
+SCORE_ARGS = ["--max-new-tokens", "6", "--chunk-size", "8", "--publish"]
 EVAL_ARGS = ["--split", "test", "--limit", "150", "--max-new-tokens", "6"]
 
 
@@ -265,13 +265,15 @@ def _read(wh, name: str, sort: list[str]) -> pd.DataFrame:
     return df.sort_values(sort).reset_index(drop=True)
 
 
-TIMESTAMP_COLUMNS = {"created_at", "evaluated_at", "ingested_at", "updated_at"}
+# Times of writing, and run ids (made of that time): differ between any two runs.
+VOLATILE_COLUMNS = {"created_at", "evaluated_at", "ingested_at", "updated_at", "published_at",
+                    "run_id"}
 
 
 def _same(local: pd.DataFrame, remote: pd.DataFrame, float_cols=()) -> None:
     assert len(local) == len(remote) > 0
     for col in local.columns:
-        if col in TIMESTAMP_COLUMNS:
+        if col in VOLATILE_COLUMNS:
             continue
         if col in float_cols:
             a, b = local[col].to_list(), remote[col].to_list()
@@ -294,6 +296,8 @@ def test_cluster_on_object_store_gives_the_local_tables(local_run, cluster_run, 
           float_cols=("score",))
     _same(_read(lw, "rationales", ["run_date", "user_id"]),
           _read(rw, "rationales", ["run_date", "user_id"]))
+    _same(_read(lw, "published_runs", ["run_date", "variant"]),
+          _read(rw, "published_runs", ["run_date", "variant"]))
     ev_key = ["model_version", "split", "mode", "metric", "k"]
     _same(_read(lw, "evaluations", ev_key), _read(rw, "evaluations", ev_key), float_cols=("value",))
     # Nothing written on local disk but caches: the driver's working folder stays empty, and
@@ -343,6 +347,8 @@ def test_a_worker_killed_mid_scoring_changes_nothing(cluster, cluster_run):
     recs = _read(wh, "recommendations", ["run_date", "user_id", "rank"])
     first = recs[recs["run_date"].astype(str) == RUN].drop(columns="run_date").reset_index(drop=True)
     again = recs[recs["run_date"].astype(str) == RUN_KILLED].drop(columns="run_date").reset_index(drop=True)
+    runs = _read(wh, "published_runs", ["run_date"])
+    assert list(runs["run_date"].astype(str)) == [RUN, RUN_KILLED]
     assert len(again) == SLICE_USERS * 10
     _same(first, again, float_cols=("score",))
     rats = _read(wh, "rationales", ["run_date", "user_id"])

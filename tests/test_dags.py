@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from deltalake import DeltaTable
 
+from r2ec_batch.jobs.report import published
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.airflow
@@ -80,16 +81,51 @@ def test_graphs_schedules_retries_and_templates(airflow_env):
     assert tune["cron"] == "0 0 * * 0" and tune["catchup"] is False and tune["doc"]
     t = nightly["tasks"]
     assert t["build_histories"]["up"] == ["ingest"] and t["embed_items"]["up"] == ["build_histories"]
-    assert t["score"]["up"] == ["embed_items"] and t["validate"]["up"] == ["score"]
-    assert all(x["retries"] == 2 and x["delay"] == 300 for x in t.values())
+    assert t["score"]["up"] == ["embed_items"] and t["publish"]["up"] == ["score"]
+    assert all(x["retries"] == 2 and x["delay"] == 300 for k, x in t.items() if k != "publish")
+    assert t["publish"]["retries"] == 0  # a failed audit is not retried
     assert "--as-of {{ ds }}" in t["build_histories"]["cmd"]
-    assert "--run-date {{ ds }}" in t["score"]["cmd"] and "--model champion" in t["score"]["cmd"]
+    for task in ("score", "publish"):
+        assert "--run-date {{ ds }} --as-of {{ ds }} --variant {{ params.variant }}" in t[task]["cmd"]
+    assert "--model {{ params.model }}" in t["score"]["cmd"]
     assert "bin/r2ec-submit" in t["ingest"]["cmd"]
     u = tune["tasks"]
     assert u["promote"]["up"] == ["evaluate_candidate", "evaluate_champion"]
     assert u["embed_candidate"]["up"] == ["train_recpo"]
     assert "recpo-{{ ds_nodash }}" in u["train_recpo"]["cmd"] and "--resume" in u["train_recpo"]["cmd"]
     assert "--margin {{ params.margin }}" in u["promote"]["cmd"]
+    assert "--as-of {{ (data_interval_end - macros.timedelta(days=1)) | ds }}" in \
+        u["training_samples"]["cmd"]
+
+
+def test_a_run_scores_the_day_that_is_complete(airflow_env):
+    """Data-interval timetables: the nightly run for day D starts at 00:00 UTC of D + 1 with
+    ds = D; the weekly fine-tuning run for a week starts when it ends, and its as-of is the
+    week's last day."""
+    got = _py(f"""
+        import json
+        from datetime import datetime, timezone
+        from airflow.dag_processing.dagbag import DagBag
+        from airflow.serialization.serialized_objects import decode_timetable, encode_timetable
+        from airflow.timetables.base import DataInterval, TimeRestriction
+        bag = DagBag(dag_folder={str(DAGS)!r})
+        utc = timezone.utc
+        out = {{}}
+        for dag_id, last in (("r2ec_nightly_scoring", (datetime(2026, 1, 1, tzinfo=utc),
+                                                       datetime(2026, 1, 2, tzinfo=utc))),
+                             ("r2ec_recpo_finetune", (datetime(2025, 12, 28, tzinfo=utc),
+                                                      datetime(2026, 1, 4, tzinfo=utc)))):
+            t = decode_timetable(encode_timetable(bag.get_dag(dag_id).timetable))
+            info = t.next_dagrun_info(last_automated_data_interval=DataInterval(*last),
+                                      restriction=TimeRestriction(None, None, True))
+            out[dag_id] = [info.data_interval.start.isoformat(), info.data_interval.end.isoformat(),
+                           info.run_after.isoformat()]
+        print(json.dumps(out))""", airflow_env)
+    start, end, fires = got["r2ec_nightly_scoring"]
+    assert start.startswith("2026-01-02T00:00") and fires.startswith("2026-01-03T00:00")
+    start, end, fires = got["r2ec_recpo_finetune"]
+    assert start.startswith("2026-01-04T00:00") and end.startswith("2026-01-11T00:00")
+    assert fires == end  # the week [Jan 4, Jan 11) is trained on once it is over; as-of Jan 10
 
 
 @pytest.fixture(scope="module")
@@ -132,18 +168,26 @@ def test_nightly_dag_runs_end_to_end_and_rerun_changes_nothing(airflow_env, slic
     assert first["state"].endswith("success"), first
     assert all(s.endswith("success") for s in first["tasks"].values()), first
 
-    recs = DeltaTable(str(wh / "recommendations")).to_pandas()
+    # the dates every job got: histories and the published run are for ds = 2026-01-02
+    hist = DeltaTable(str(wh / "user_histories")).to_pandas()
+    assert "2026-01-02" in set(hist["as_of_date"].astype(str))
+    runs = DeltaTable(str(wh / "published_runs")).to_pandas()
+    assert runs[["run_date", "as_of_date"]].astype(str).drop_duplicates().values.tolist() == \
+        [["2026-01-02", "2026-01-02"]]
+    assert runs["published_by"].str.startswith("airflow r2ec_nightly_scoring manual__").all()
+    recs = published(str(wh), "recommendations")
     assert set(recs["run_date"].astype(str)) == {"2026-01-02"}
     assert recs["user_id"].nunique() == 200 and len(recs) == 200 * 5
-    rats = DeltaTable(str(wh / "rationales")).to_pandas()
+    rats = published(str(wh), "rationales")
     assert len(rats) == 200 and (rats["tokens"] <= 4).all()
     key = ["run_date", "user_id", "rank"]
+    cols = key + ["item_id", "model_version"]
     before = recs.sort_values(key).reset_index(drop=True)
 
     inter_version = DeltaTable(str(wh / "interactions")).version()
     second = _run_nightly(airflow_env, data, wh)
     assert second["state"].endswith("success"), second
-    after = DeltaTable(str(wh / "recommendations")).to_pandas().sort_values(key).reset_index(drop=True)
-    pd.testing.assert_frame_equal(before, after)
+    after = published(str(wh), "recommendations").sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(before[cols], after[cols])
     assert DeltaTable(str(wh / "interactions")).version() == inter_version  # re-ingest: no commit
-    assert len(DeltaTable(str(wh / "rationales")).to_pandas()) == 200
+    assert len(published(str(wh), "rationales")) == 200

@@ -1,8 +1,11 @@
-"""Champion promotion: a better candidate is promoted, a worse one is rejected and the champion
-stays; the first champion is checked against the transition baseline."""
+"""Champion promotion: a candidate clearly better on the same samples is promoted, one whose
+paired interval straddles zero (or does not clear the margin) is rejected and the champion
+stays; the first champion is checked against the transition baseline. The models' evaluations
+and ranked lists are planted, so the statistics are known."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import datetime
 
@@ -12,7 +15,7 @@ from deltalake import DeltaTable
 from r2ec import checkpoint
 from r2ec_batch import delta_io, registry
 from r2ec_batch.jobs import promote
-from r2ec_batch.schemas import EVALUATIONS
+from r2ec_batch.schemas import EVAL_RANKINGS, EVALUATIONS, TRAINING_SAMPLES
 
 pytestmark = pytest.mark.spark
 
@@ -25,14 +28,34 @@ def wh(ml_warehouse, tmp_path):
     return out
 
 
-def _eval(spark, wh, version: str, ndcg10: float) -> None:
-    row = (version, "ml-100k", "valid", "greedy_reasoning", "ndcg", 10, ndcg10, 100,
-           datetime(2026, 1, 1))
-    df = spark.createDataFrame([row], "model_version string, dataset string, split string, "
-                                      "mode string, metric string, k int, value double, "
-                                      "n_samples long, evaluated_at timestamp")
-    delta_io.merge_into(df.select(*EVALUATIONS.column_names), EVALUATIONS, wh,
-                        update_columns=["value"])
+N_PAIRED = 1000
+
+
+def _eval(spark, wh, version: str, hit_rank: dict[int, int]) -> float:
+    """Plant `version`'s evaluation on the first N_PAIRED valid samples: the target at
+    `hit_rank[sample_id]` (1..10) or missing (absent). Returns its NDCG@10."""
+    import numpy as np
+    import pandas as pd
+    from pyspark.sql import functions as F
+
+    valid = (delta_io.read(spark, wh, TRAINING_SAMPLES).filter(F.col("split") == "valid")
+             .orderBy("sample_id").limit(N_PAIRED).select("sample_id", "target_item_id").toPandas())
+    rows, gains = [], []
+    for sid, target in zip(valid["sample_id"], valid["target_item_id"], strict=True):
+        r = hit_rank.get(int(sid))
+        gains.append(1 / np.log2(r + 1) if r else 0.0)
+        for rank in range(1, 11):
+            item = target if rank == r else f"filler-{rank}"
+            rows.append((version, "valid", int(sid), rank, item, float(11 - rank)))
+    delta_io.replace_where(
+        spark.createDataFrame(pd.DataFrame(rows, columns=EVAL_RANKINGS.column_names),
+                              EVAL_RANKINGS.schema),
+        EVAL_RANKINGS, wh, {"model_version": version, "split": "valid"})
+    ndcg = float(np.mean(gains))
+    row = (version, "ml-100k", "valid", "ndcg", 10, ndcg, N_PAIRED, "greedy_reasoning",
+           datetime(2026, 1, 1), None)
+    delta_io.append(spark.createDataFrame([row], EVALUATIONS.schema), EVALUATIONS, wh)
+    return ndcg
 
 
 def _status(wh) -> dict[str, str]:
@@ -47,26 +70,47 @@ def _model(tiny_model_dir, tmp_path, name: str, bump: float):
     return checkpoint.save(model, tok, tmp_path / name, prompt, base_model="t"), tmp_path / name
 
 
-def test_promotion_both_ways(spark, wh, tiny_model_dir, tmp_path, capsys):
-    (m1, d1), (m2, d2), (m3, d3) = (_model(tiny_model_dir, tmp_path, n, b)
-                                    for n, b in (("a", 0.0), ("b", 1e-3), ("c", 2e-3)))
-    v1, v2, v3 = m1["model_version"], m2["model_version"], m3["model_version"]
-    _eval(spark, wh, v1, 0.0001)
+def test_promotion_on_paired_intervals(spark, wh, tiny_model_dir, tmp_path, capsys):
+    import random
+
+    models = [_model(tiny_model_dir, tmp_path, n, b) for n, b in
+              (("a", 0.0), ("b", 1e-3), ("c", 2e-3), ("d", 3e-3))]
+    (m1, d1), (m2, d2), (m3, d3), (m4, d4) = models
+    v1, v2, v3, v4 = (m["model_version"] for m, _ in models)
+    ids = sorted(DeltaTable(str(wh / "training_samples")).to_pandas().query("split == 'valid'")
+                 ["sample_id"])[:N_PAIRED]
+    rng = random.Random(0)
+    # champion: the target at rank 10 for a random 10% of the samples (below the baseline)
+    champ = {i: 10 for i in ids if rng.random() < 0.1}
+    _eval(spark, wh, v1, champ)
     # First champion: promoted, but loudly flagged as below the transition baseline.
     assert promote.main(["--candidate", str(d1), "--warehouse", str(wh)]) == 0
     assert "does NOT beat the last-item transition baseline" in capsys.readouterr().out
     assert _status(wh) == {v1: "champion"}
 
-    _eval(spark, wh, v2, 0.0500)  # better than the champion by more than the margin
-    assert promote.main(["--candidate", str(d2), "--margin", "0.01", "--warehouse", str(wh)]) == 0
-    assert "promoted" in capsys.readouterr().out
-    assert _status(wh) == {v1: "retired", v2: "champion"}
+    # Same hits as the champion on other samples (same rate): its mean may even be a little
+    # higher, but the paired interval straddles zero -> rejected.
+    noise = {i: 10 for i in ids if rng.random() < 0.11}
+    n_noise = _eval(spark, wh, v2, noise)
+    assert promote.main(["--candidate", str(d2), "--warehouse", str(wh)]) == 0
+    out = capsys.readouterr().out
+    assert "rejected" in out and f"paired over {N_PAIRED:,} samples" in out, out
+    reg = DeltaTable(str(wh / "model_registry")).to_pandas().set_index("model_version")
+    lo, hi = json.loads(reg.loc[v2, "metrics_json"])["ndcg10_difference_ci95"]
+    assert lo < 0 < hi and n_noise > 0
+    assert _status(wh) == {v1: "champion", v2: "rejected"}
 
-    _eval(spark, wh, v3, 0.0550)  # better, but not by the margin: rejected
-    assert promote.main(["--candidate", str(d3), "--margin", "0.01", "--warehouse", str(wh)]) == 0
+    # Clearly better: every champion hit moves from rank 10 to rank 1, plus 10% more hits.
+    better = {**{i: 1 for i in champ}, **{i: 2 for i in ids if i not in champ and rng.random() < 0.1}}
+    _eval(spark, wh, v3, better)
+    # ... but not by a margin larger than the whole gain: rejected
+    assert promote.main(["--candidate", str(d3), "--margin", "0.5", "--warehouse", str(wh)]) == 0
     assert "rejected" in capsys.readouterr().out
-    assert _status(wh) == {v1: "retired", v2: "champion", v3: "rejected"}
-    assert registry.resolve(spark, wh, "champion") == str(d2.resolve())
+    _eval(spark, wh, v4, better)
+    assert promote.main(["--candidate", str(d4), "--warehouse", str(wh)]) == 0
+    assert "promoted" in capsys.readouterr().out
+    assert _status(wh) == {v1: "retired", v2: "rejected", v3: "rejected", v4: "champion"}
+    assert registry.resolve(spark, wh, "champion") == str(d4.resolve())
 
 
 def test_candidate_without_evaluation_is_refused(spark, wh, tiny_model_dir, tmp_path, capsys):

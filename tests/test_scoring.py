@@ -1,5 +1,6 @@
 """Batch scoring through Spark pandas UDFs on real ML-100k with a small model:
-embed_items -> score -> evaluate, re-runs, kill safety, mismatch refusal, fallbacks."""
+embed_items -> score (+ publish) -> evaluate, re-runs, kill safety, mismatch refusal, fallbacks.
+The `scored` warehouse (conftest) is shared with tests/test_publishing.py."""
 
 from __future__ import annotations
 
@@ -18,33 +19,25 @@ from deltalake import DeltaTable
 
 from r2ec_batch.cli import run
 from r2ec_batch.jobs import build_model, embed_items, evaluate, score
-from tests.conftest import ML100K_AS_OF, REPO
+from r2ec_batch.jobs.report import published
+from tests.conftest import ML100K_AS_OF, REPO, RUN, SMALL
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
-RUN = "1998-04-23"
-SMALL = ["--hidden-size", "64", "--num-heads", "2", "--head-dim", "32", "--intermediate-size", "128",
-         "--vocab-size", "2000"]
 
 
 def _t(wh: Path, name: str) -> pd.DataFrame:
     return DeltaTable(str(wh / name)).to_pandas()
 
 
-@pytest.fixture(scope="module")
-def scored(ml_warehouse, tmp_path_factory):
-    """The ML-100k warehouse with a small champion model, its index, and one scored run."""
-    wh = ml_warehouse
-    model = tmp_path_factory.mktemp("m") / "small"
-    assert build_model.main(["--out", str(model), "--register", "champion", "--warehouse", str(wh),
-                             *SMALL]) == 0
-    assert embed_items.main(["--warehouse", str(wh)]) == 0
-    assert score.main(["--run-date", RUN, "--warehouse", str(wh), "--max-new-tokens", "6"]) == 0
-    return wh, model
+def _pub(wh: Path, name: str, run_date: str = RUN, variant: str = "champion") -> pd.DataFrame:
+    """What analysts see: the published run of (run_date, variant)."""
+    rows = published(str(wh), name, variant)
+    return rows[rows["run_date"].astype(str) == run_date].reset_index(drop=True)
 
 
 def test_every_user_gets_k_distinct_unseen_items_and_a_rationale(scored):
     wh, _ = scored
-    recs = _t(wh, "recommendations")
+    recs = _pub(wh, "recommendations")
     hist = _t(wh, "user_histories")
     hist = hist[hist["as_of_date"].astype(str) == ML100K_AS_OF].set_index("user_id")
     assert recs["user_id"].nunique() == 943 and len(recs) == 9430
@@ -53,7 +46,7 @@ def test_every_user_gets_k_distinct_unseen_items_and_a_rationale(scored):
         assert g["item_id"].is_unique
         assert not set(g["item_id"]) & set(hist.loc[user, "history_item_ids"]), user
         assert g.sort_values("rank")["score"].is_monotonic_decreasing
-    rats = _t(wh, "rationales")
+    rats = _pub(wh, "rationales")
     assert len(rats) == 943 and rats["user_id"].is_unique and rats["fallback"].isna().all()
     assert (rats["tokens"] <= 6).all() and recs["model_version"].nunique() == 1
     # what analysts read: no item tokens, history references or special tokens left
@@ -73,31 +66,39 @@ def test_embed_items_skips_when_up_to_date(scored, capsys):
 def test_rerun_same_date_is_identical(scored):
     wh, _ = scored
     key = ["user_id", "rank"]
-    before = _t(wh, "recommendations").sort_values(key).reset_index(drop=True)
-    assert score.main(["--run-date", RUN, "--warehouse", str(wh), "--max-new-tokens", "6"]) == 0
-    after = _t(wh, "recommendations").sort_values(key).reset_index(drop=True)
+    before = _pub(wh, "recommendations").sort_values(key).reset_index(drop=True)
+    assert score.main(["--run-date", RUN, "--warehouse", str(wh), "--max-new-tokens", "6",
+                       "--publish"]) == 0
+    after = _pub(wh, "recommendations").sort_values(key).reset_index(drop=True)
+    assert after["run_id"].nunique() == 1 and after["run_id"][0] != before["run_id"][0]
     assert after[key + ["item_id", "model_version"]].equals(before[key + ["item_id", "model_version"]])
     np.testing.assert_allclose(after["score"], before["score"], rtol=1e-5)
-    assert len(_t(wh, "rationales")) == 943
+    assert len(_pub(wh, "rationales")) == 943
+    # the table keeps at most the published run and the one before it for a (date, variant)
+    raw = _t(wh, "recommendations")
+    assert raw[raw["run_date"].astype(str) == RUN]["run_id"].nunique() <= 2
 
 
 def test_incremental_carries_unchanged_users(scored, capsys):
     wh, _ = scored
-    assert score.main(["--run-date", "1998-04-24", "--as-of", RUN, "--incremental",
+    assert score.main(["--run-date", "1998-04-24", "--as-of", RUN, "--incremental", "--publish",
                        "--warehouse", str(wh), "--max-new-tokens", "6"]) == 0
     out = capsys.readouterr().out
-    assert "scored 0 users" in out and "943 carried over" in out
-    recs = _t(wh, "recommendations")
-    day1 = recs[recs["run_date"].astype(str) == RUN].drop(columns="run_date")
-    day2 = recs[recs["run_date"].astype(str) == "1998-04-24"].drop(columns="run_date")
-    key = ["user_id", "rank"]
-    assert day2.sort_values(key).reset_index(drop=True).equals(day1.sort_values(key).reset_index(drop=True))
+    assert "scored 0 users" in out and "943 carried over" in out and "published run" in out
+    cols = ["user_id", "rank", "item_id", "score", "model_version"]
+    day1 = _pub(wh, "recommendations")[cols].sort_values(cols[:2]).reset_index(drop=True)
+    day2 = _pub(wh, "recommendations", "1998-04-24")[cols].sort_values(cols[:2]).reset_index(drop=True)
+    assert day2.equals(day1)
 
 
-def test_unknown_user_gets_popularity_fallback(scored):
+def test_unknown_user_gets_popularity_fallback(scored, capsys):
     wh, _ = scored
+    # Two users only: the audit against user_histories (943 users) refuses to publish the run.
     assert score.main(["--run-date", "1998-05-01", "--as-of", RUN, "--users", "196,no-such-user",
-                       "--warehouse", str(wh), "--max-new-tokens", "6", "--top-k", "5"]) == 0
+                       "--warehouse", str(wh), "--max-new-tokens", "6", "--top-k", "5",
+                       "--publish"]) == 1
+    assert "FAIL users with recommendations == users with histories" in capsys.readouterr().out
+    assert _pub(wh, "recommendations", "1998-05-01").empty  # nothing published for that date
     recs = _t(wh, "recommendations")
     recs = recs[recs["run_date"].astype(str) == "1998-05-01"]
     assert set(recs["user_id"]) == {"196", "no-such-user"}
@@ -159,11 +160,11 @@ def test_evaluate_writes_rankings_and_metrics_that_recompute(scored):
         assert ev[(ev["metric"] == "hit") & (ev["k"] == k)]["value"].item() == pytest.approx(hit.mean())
 
 
-def test_score_killed_mid_write_keeps_previous_version(scored, tmp_path):
+def test_score_killed_mid_write_keeps_what_readers_see(scored, tmp_path):
     wh, _ = scored
     table = wh / "recommendations"
-    version = DeltaTable(str(table)).version()
-    before = _t(wh, "recommendations").sort_values(["run_date", "user_id", "rank"]).reset_index(drop=True)
+    key = ["user_id", "rank"]
+    before = _pub(wh, "recommendations").sort_values(key).reset_index(drop=True)
     files = {p.name for p in table.rglob("*.parquet")}
     args = [str(REPO / "bin" / "r2ec-submit"), "jobs/score.py", "--run-date", RUN,
             "--warehouse", str(wh), "--max-new-tokens", "6"]
@@ -179,9 +180,9 @@ def test_score_killed_mid_write_keeps_previous_version(scored, tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
-    assert DeltaTable(str(table)).version() == version
-    after = _t(wh, "recommendations").sort_values(["run_date", "user_id", "rank"]).reset_index(drop=True)
+    after = _pub(wh, "recommendations").sort_values(key).reset_index(drop=True)
     assert after.equals(before)
-    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(args + ["--publish"], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert DeltaTable(str(table)).version() > version
+    assert _pub(wh, "recommendations")["run_id"][0] != before["run_id"][0]

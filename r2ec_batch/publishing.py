@@ -1,0 +1,230 @@
+"""Write-audit-publish for scoring output.
+
+- **Write**: a scoring run appends its rows to `recommendations` and `rationales` under a new
+  `run_id`, in the partition (run_date, variant). Nothing a reader uses changes: readers see
+  only published runs.
+- **Audit**: `audit` checks that run (the checks of `jobs/validate_run.py`: k distinct unseen
+  items per user, one rationale each, one model; and row counts against `user_histories`).
+- **Publish**: one append to `published_runs` names the run for its (run_date, variant). That
+  single commit makes the run's recommendations and rationales visible together; a run that
+  fails its audit, or a job killed between its two table writes, publishes nothing, and the
+  previously published run stays what readers see. Appends never conflict, so a champion and
+  a challenger can be published in parallel.
+
+Readers take the newest publication per (run_date, variant) (`live_runs`) and join on it
+(`published`); the README gives the same query in SQL and for deltalake. Before writing a new
+run, `drop_unpublished` deletes the (run_date, variant)'s earlier runs that are not published,
+so re-running a date keeps at most two runs there: the published one and the new one.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from r2ec_batch import cli, delta_io, registry
+from r2ec_batch.schemas import PUBLISHED_RUNS, RATIONALES, RECOMMENDATIONS, USER_HISTORIES, TableSpec
+
+log = logging.getLogger(__name__)
+CHAMPION = "champion"
+RUN_TABLES = (RECOMMENDATIONS, RATIONALES)
+
+
+class NotPublished(Exception):
+    """The run failed its audit (the checks say which)."""
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """UTC time to the microsecond and a random suffix: unique, and newer runs sort later."""
+    now = now or datetime.now(timezone.utc)
+    return f"{now:%Y%m%dT%H%M%S%f}Z-{secrets.token_hex(3)}"
+
+
+def live_runs(spark: SparkSession, warehouse: str | Path) -> DataFrame:
+    """The newest publication of each (run_date, variant): what readers see."""
+    if not delta_io.exists(spark, warehouse, PUBLISHED_RUNS):
+        return spark.createDataFrame([], PUBLISHED_RUNS.schema)
+    newest = Window.partitionBy("run_date", "variant").orderBy(F.desc("published_at"))
+    return (delta_io.read(spark, warehouse, PUBLISHED_RUNS)
+            .withColumn("_n", F.row_number().over(newest)).filter("_n = 1").drop("_n"))
+
+
+def published(spark: SparkSession, warehouse: str | Path, spec: TableSpec,
+              variant: str | None = CHAMPION) -> DataFrame:
+    """Rows of `recommendations` or `rationales` from published runs (of one variant, or all)."""
+    live = live_runs(spark, warehouse).select("run_date", "variant", "run_id")
+    rows = delta_io.read(spark, warehouse, spec)
+    if variant is not None:
+        live, rows = (x.filter(F.col("variant") == variant) for x in (live, rows))
+    return rows.join(live, ["run_date", "variant", "run_id"], "left_semi")
+
+
+def live_run_id(spark, warehouse, run_date: date, variant: str) -> str | None:
+    row = live_runs(spark, warehouse).filter(
+        (F.col("run_date") == F.lit(run_date)) & (F.col("variant") == variant)).first()
+    return row["run_id"] if row else None
+
+
+def newest_run_id(spark, warehouse, run_date: date, variant: str) -> str | None:
+    """The latest run written for (run_date, variant), published or not."""
+    if not delta_io.exists(spark, warehouse, RECOMMENDATIONS):
+        return None
+    return delta_io.read(spark, warehouse, RECOMMENDATIONS).filter(
+        (F.col("run_date") == F.lit(run_date)) & (F.col("variant") == variant)
+    ).agg(F.max("run_id")).first()[0]
+
+
+def drop_unpublished(spark, warehouse, run_date: date, variant: str) -> int:
+    """Delete the (run_date, variant)'s runs other than the published one; returns how many
+    runs went. A run being written concurrently for the same pair would go too: the DAG runs
+    one scoring per pair at a time (max_active_runs=1)."""
+    keep = live_run_id(spark, warehouse, run_date, variant)
+    dropped = set()
+    for spec in RUN_TABLES:
+        if not delta_io.exists(spark, warehouse, spec):
+            continue
+        cond = ((F.col("run_date") == F.lit(run_date)) & (F.col("variant") == F.lit(variant)))
+        if keep is not None:
+            cond = cond & (F.col("run_id") != F.lit(keep))
+        stale = [r[0] for r in delta_io.read(spark, warehouse, spec).filter(cond)
+                 .select("run_id").distinct().collect()]
+        if stale:  # no DELETE (and no empty commit) when there is nothing to drop
+            DeltaTable.forPath(spark, delta_io.table_path(warehouse, spec)).delete(cond)
+            dropped.update(stale)
+    if dropped:
+        log.info("dropped %d unpublished run(s) of %s/%s: %s", len(dropped), run_date, variant,
+                 ", ".join(sorted(dropped)))
+    return len(dropped)
+
+
+def audit(spark, warehouse, run_date: date, variant: str, run_id: str, as_of: date,
+          top_k: int, model_version: str | None = None) -> tuple[dict[str, bool], dict]:
+    """({check: passed}, counts) for one run against user_histories as of `as_of`."""
+    def rows(spec):
+        return delta_io.read(spark, warehouse, spec).filter(
+            (F.col("run_date") == F.lit(run_date)) & (F.col("variant") == variant)
+            & (F.col("run_id") == run_id))
+
+    recs, rats = rows(RECOMMENDATIONS).cache(), rows(RATIONALES).cache()
+    hist = delta_io.read(spark, warehouse, USER_HISTORIES).filter(F.col("as_of_date") == F.lit(as_of))
+    per_user = recs.groupBy("user_id").agg(
+        F.count("*").alias("n"), F.countDistinct("item_id").alias("distinct"),
+        F.min("rank").alias("lo"), F.max("rank").alias("hi"))
+    users = hist.select("user_id").distinct()
+    n_users, n_recs, n_rats = users.count(), recs.count(), rats.count()
+    versions = {r[0] for r in recs.select("model_version").union(rats.select("model_version"))
+                .distinct().collect()}
+    checks = {
+        f"users with recommendations == users with histories as of {as_of} ({n_users:,})":
+            per_user.select("user_id").subtract(users).isEmpty()
+            and users.subtract(per_user.select("user_id")).isEmpty(),
+        f"recommendation rows == users x {top_k} ({n_recs:,})": n_recs == n_users * top_k,
+        f"every user has exactly {top_k} distinct items ranked 1..{top_k}":
+            per_user.filter((F.col("n") != top_k) | (F.col("distinct") != top_k)
+                            | (F.col("lo") != 1) | (F.col("hi") != top_k)).isEmpty(),
+        "no recommended item is in the user's history window":
+            recs.join(hist.select("user_id", F.explode("history_item_ids").alias("item_id")),
+                      ["user_id", "item_id"]).isEmpty(),
+        f"one rationale per user ({n_rats:,})":
+            n_rats == rats.select("user_id").distinct().count() == n_users
+            and rats.select("user_id").subtract(users).isEmpty(),
+        "all rows come from one model" + (f" ({model_version})" if model_version else ""):
+            len(versions) == 1 and (model_version is None or versions == {model_version}),
+    }
+    counts = {"users": n_users, "recommendations": n_recs, "rationales": n_rats,
+              "model_version": next(iter(versions)) if len(versions) == 1 else None}
+    recs.unpersist()
+    rats.unpersist()
+    return checks, counts
+
+
+def print_checks(checks: dict[str, bool]) -> bool:
+    """One line per check, as the jobs print them; True when all passed."""
+    for name, ok in checks.items():
+        print(f"{'ok  ' if ok else 'FAIL'} {name}", flush=True)
+    return all(checks.values())
+
+
+def audit_and_publish(spark, warehouse, run_date: date, variant: str, run_id: str, as_of: date,
+                      top_k: int, model_version: str | None, by: str) -> dict:
+    """Audit the run and publish it if every check passes; NotPublished otherwise."""
+    checks, counts = audit(spark, warehouse, run_date, variant, run_id, as_of, top_k, model_version)
+    if not print_checks(checks):
+        failed = sum(not ok for ok in checks.values())
+        raise NotPublished(f"run {run_id} ({run_date}, {variant}) failed {failed} check(s); "
+                           "nothing was published, readers still see the previous run")
+    publish(spark, warehouse, run_date, variant, run_id, as_of, top_k, counts, by)
+    print(f"published run {run_id} for {run_date} / {variant}: {counts['users']:,} users, "
+          f"{counts['recommendations']:,} recommendations, model {counts['model_version']}",
+          flush=True)
+    return counts
+
+
+def publish(spark, warehouse, run_date: date, variant: str, run_id: str, as_of: date, top_k: int,
+            counts: dict, by: str) -> dict[str, str]:
+    """Make an audited run the one readers see for (run_date, variant): one append."""
+    row = [(run_date, variant, run_id, counts["model_version"], as_of, top_k, counts["users"],
+            counts["recommendations"], datetime.now(timezone.utc).replace(tzinfo=None), by)]
+    return delta_io.append(spark.createDataFrame(row, PUBLISHED_RUNS.schema), PUBLISHED_RUNS,
+                           warehouse)
+
+
+def migrate(spark: SparkSession, warehouse: str | Path) -> None:
+    """Tables written before variants and runs existed: their rows become the published
+    'champion' run 'legacy-<run_date>' of their date (rewritten once, new partitioning)."""
+    for spec in RUN_TABLES:
+        if not delta_io.exists(spark, warehouse, spec):
+            continue
+        old = spark.read.format("delta").load(delta_io.table_path(warehouse, spec))
+        if "variant" in old.columns:
+            continue
+        new = (old.withColumn("variant", F.lit(CHAMPION))
+               .withColumn("run_id", F.concat(F.lit("legacy-"), F.col("run_date").cast("string"))))
+        delta_io.overwrite(new.localCheckpoint(), spec, warehouse)  # read whole before rewriting
+        log.warning("%s: migrated to runs and variants (old rows = run legacy-<date>)", spec.name)
+    if not delta_io.exists(spark, warehouse, RATIONALES):
+        return
+    # Checked every time, not only right after the rewrite: a job stopped between the rewrite
+    # and these appends publishes the rest on its next run.
+    legacy = delta_io.read(spark, warehouse, RATIONALES).filter(F.col("run_id").startswith("legacy-"))
+    if legacy.isEmpty():
+        return
+    published_ids = {r["run_id"] for r in live_runs(spark, warehouse).collect()}
+    for r in legacy.groupBy("run_date", "variant", "run_id").agg(
+            F.count("*").alias("users"), F.first("model_version").alias("model_version")).collect():
+        if r["run_id"] in published_ids:
+            continue
+        n_recs = delta_io.read(spark, warehouse, RECOMMENDATIONS).filter(
+            F.col("run_id") == r["run_id"]).count()
+        counts = {"model_version": r["model_version"], "users": r["users"], "recommendations": n_recs}
+        publish(spark, warehouse, r["run_date"], r["variant"], r["run_id"], r["run_date"],
+                max(1, n_recs // max(1, r["users"])), counts, "migration")
+
+
+def add_run_arguments(p) -> None:
+    """The arguments that name a run, shared by jobs/validate_run.py and jobs/publish.py."""
+    p.add_argument("--run-date", type=cli.iso_date, required=True)
+    p.add_argument("--variant", type=cli.variant, default=CHAMPION)
+    p.add_argument("--run-id", help="the run to check (default: the newest of the date/variant)")
+    p.add_argument("--as-of", type=cli.iso_date, help="user_histories date (default: run date)")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--model", default=None,
+                   help="model the rows must come from ('champion' or a checkpoint); default: "
+                        "any one model")
+
+
+def find_run(spark, a) -> tuple[str, str | None]:
+    """(run_id, required model version) from the arguments."""
+    migrate(spark, a.warehouse)
+    run_id = a.run_id or newest_run_id(spark, a.warehouse, a.run_date, a.variant)
+    if run_id is None:
+        raise cli.JobError(f"no scoring run for {a.run_date} / {a.variant}; run jobs/score.py "
+                           f"--run-date {a.run_date} --variant {a.variant}")
+    version = registry.resolve_verified(spark, a.warehouse, a.model).version if a.model else None
+    return run_id, version
