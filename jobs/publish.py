@@ -13,8 +13,6 @@ check failed, in which case nothing changes for readers.
 
 from __future__ import annotations
 
-import os
-
 from r2ec_batch import cli, publishing
 from r2ec_batch.session import build_spark
 
@@ -26,16 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     cli.setup_logging(a.verbose)
     spark = build_spark("r2ec-publish")
     run_id, version = publishing.find_run(spark, a)
-    run = os.environ.get("AIRFLOW_CTX_DAG_RUN_ID")  # set by Airflow for the tasks it runs
-    by = f"airflow {os.environ.get('AIRFLOW_CTX_DAG_ID', '?')} {run}" if run else "jobs/publish.py"
-    try:
-        publishing.audit_and_publish(spark, a.warehouse, a.run_date, a.variant, run_id,
-                                     a.as_of or a.run_date, a.top_k, version, by=by)
-    except publishing.NotPublished as e:
-        print(f"error: {e}", flush=True)
-        return 1
-    return 0
-
+    return publishing.publish_if_sound(spark, a.warehouse, a.run_date, a.variant, run_id,
+                                       a.as_of or a.run_date, a.top_k, version,
+                                       job="jobs/publish.py")
 
 if __name__ == "__main__":
     cli.run(main)

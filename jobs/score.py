@@ -170,14 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"not published yet: jobs/publish.py --run-date {a.run_date} --variant {a.variant} "
               f"--as-of {a.as_of} --top-k {a.top_k}", flush=True)
         return 0
-    try:
-        publishing.audit_and_publish(spark, a.warehouse, a.run_date, a.variant, run_id, a.as_of,
-                                     a.top_k, version, by="jobs/score.py --publish")
-    except publishing.NotPublished as e:
-        print(f"error: {e}", flush=True)
-        return 1
-    return 0
-
+    return publishing.publish_if_sound(spark, a.warehouse, a.run_date, a.variant, run_id,
+                                       a.as_of, a.top_k, version, job="jobs/score.py --publish")
 
 if __name__ == "__main__":
     cli.run(main)

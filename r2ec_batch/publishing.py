@@ -20,6 +20,7 @@ so re-running a date keeps at most two runs there: the published one and the new
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -34,10 +35,6 @@ from r2ec_batch.schemas import PUBLISHED_RUNS, RATIONALES, RECOMMENDATIONS, USER
 log = logging.getLogger(__name__)
 CHAMPION = "champion"
 RUN_TABLES = (RECOMMENDATIONS, RATIONALES)
-
-
-class NotPublished(Exception):
-    """The run failed its audit (the checks say which)."""
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -151,19 +148,24 @@ def print_checks(checks: dict[str, bool]) -> bool:
     return all(checks.values())
 
 
-def audit_and_publish(spark, warehouse, run_date: date, variant: str, run_id: str, as_of: date,
-                      top_k: int, model_version: str | None, by: str) -> dict:
-    """Audit the run and publish it if every check passes; NotPublished otherwise."""
+def publish_if_sound(spark, warehouse, run_date: date, variant: str, run_id: str, as_of: date,
+                     top_k: int, model_version: str | None, job: str) -> int:
+    """Audit the run and publish it if every check passes. Returns the job's exit status: 0
+    published, 1 a check failed (printed; nothing published, readers keep the previous run).
+    Under Airflow the publication records the DAG run that made it, else `job`."""
     checks, counts = audit(spark, warehouse, run_date, variant, run_id, as_of, top_k, model_version)
     if not print_checks(checks):
         failed = sum(not ok for ok in checks.values())
-        raise NotPublished(f"run {run_id} ({run_date}, {variant}) failed {failed} check(s); "
-                           "nothing was published, readers still see the previous run")
+        print(f"error: run {run_id} ({run_date}, {variant}) failed {failed} check(s); nothing "
+              "was published, readers still see the previous run", flush=True)
+        return 1
+    dag_run = os.environ.get("AIRFLOW_CTX_DAG_RUN_ID")  # set by Airflow for the tasks it runs
+    by = f"airflow {os.environ.get('AIRFLOW_CTX_DAG_ID', '?')} {dag_run}" if dag_run else job
     publish(spark, warehouse, run_date, variant, run_id, as_of, top_k, counts, by)
     print(f"published run {run_id} for {run_date} / {variant}: {counts['users']:,} users, "
           f"{counts['recommendations']:,} recommendations, model {counts['model_version']}",
           flush=True)
-    return counts
+    return 0
 
 
 def publish(spark, warehouse, run_date: date, variant: str, run_id: str, as_of: date, top_k: int,

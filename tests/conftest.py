@@ -66,6 +66,28 @@ def scored(ml_warehouse, tmp_path_factory):
     return wh, model
 
 
+def sigkill_when(args: list[str], ready, slow_write_s: float, timeout: float = 600) -> None:
+    """Start a job (`bin/r2ec-submit` args) with its writes slowed down, wait until `ready()`
+    says it is where the test wants it, and SIGKILL its whole process group there."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen([str(REPO / "bin" / "r2ec-submit"), *args], cwd=REPO,
+                            env={**os.environ, "R2EC_FAULT_SLOW_WRITE_S": str(slow_write_s)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline and proc.poll() is None and not ready():
+            time.sleep(0.2)
+        assert proc.poll() is None, "the job ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+
+
 def delta_version(path: Path) -> int:
     from deltalake import DeltaTable
 

@@ -6,10 +6,7 @@ variants are migrated with their rows still visible."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import time
 from datetime import date
 
 import pandas as pd
@@ -18,7 +15,7 @@ from deltalake import DeltaTable
 
 from r2ec_batch.jobs import build_model, embed_items, publish, score, validate_run
 from r2ec_batch.jobs.report import published
-from tests.conftest import REPO, RUN, SMALL
+from tests.conftest import REPO, RUN, SMALL, sigkill_when
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 KEY = ["user_id", "rank"]
@@ -66,21 +63,10 @@ def test_sigkill_between_the_two_table_writes_leaves_readers_consistent(scored):
     runs_before = set(_runs(wh))
     rats_dir = wh / "rationales"
     files = {p.name for p in rats_dir.rglob("*.parquet")}
-    args = [str(REPO / "bin" / "r2ec-submit"), "jobs/score.py", "--run-date", RUN,
-            "--warehouse", str(wh), "--max-new-tokens", "6"]
-    proc = subprocess.Popen(args, cwd=REPO, env={**os.environ, "R2EC_FAULT_SLOW_WRITE_S": "2"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:  # kill once the new run's recommendations are committed and rationales are being written
-        deadline = time.time() + 600
-        while time.time() < deadline and proc.poll() is None:
-            if set(_runs(wh)) - runs_before and {p.name for p in rats_dir.rglob("*.parquet")} - files:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, "the job ended before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
+    args = ["jobs/score.py", "--run-date", RUN, "--warehouse", str(wh), "--max-new-tokens", "6"]
+    # killed once the new run's recommendations are committed and rationales are being written
+    sigkill_when(args, lambda: bool(set(_runs(wh)) - runs_before
+                                    and {p.name for p in rats_dir.rglob("*.parquet")} - files), 2)
     half = _runs(wh)[-1]
     rats = DeltaTable(str(rats_dir)).to_pandas()
     assert half not in set(before_recs["run_id"]) and half not in set(rats["run_id"])

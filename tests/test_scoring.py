@@ -5,11 +5,8 @@ The `scored` warehouse (conftest) is shared with tests/test_publishing.py."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +17,7 @@ from deltalake import DeltaTable
 from r2ec_batch.cli import run
 from r2ec_batch.jobs import build_model, embed_items, evaluate, score
 from r2ec_batch.jobs.report import published
-from tests.conftest import ML100K_AS_OF, REPO, RUN, SMALL
+from tests.conftest import ML100K_AS_OF, REPO, RUN, SMALL, sigkill_when
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -166,23 +163,11 @@ def test_score_killed_mid_write_keeps_what_readers_see(scored, tmp_path):
     key = ["user_id", "rank"]
     before = _pub(wh, "recommendations").sort_values(key).reset_index(drop=True)
     files = {p.name for p in table.rglob("*.parquet")}
-    args = [str(REPO / "bin" / "r2ec-submit"), "jobs/score.py", "--run-date", RUN,
-            "--warehouse", str(wh), "--max-new-tokens", "6"]
-    proc = subprocess.Popen(args, cwd=REPO, env={**os.environ, "R2EC_FAULT_SLOW_WRITE_S": "3"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 400
-        while time.time() < deadline and proc.poll() is None:
-            if {p.name for p in table.rglob("*.parquet")} - files:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, "the job ended before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
+    args = ["jobs/score.py", "--run-date", RUN, "--warehouse", str(wh), "--max-new-tokens", "6"]
+    sigkill_when(args, lambda: bool({p.name for p in table.rglob("*.parquet")} - files), 3)
     after = _pub(wh, "recommendations").sort_values(key).reset_index(drop=True)
     assert after.equals(before)
-    done = subprocess.run(args + ["--publish"], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run([str(REPO / "bin" / "r2ec-submit"), *args, "--publish"], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert _pub(wh, "recommendations")["run_id"][0] != before["run_id"][0]
