@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--samples must be >= 1, and > 1 needs --temperature > 0")
     cli.setup_logging(a.verbose)
     spark = build_spark("r2ec-evaluate")
+    delta_io.add_missing_columns(spark, a.warehouse, EVALUATIONS)  # data_version (older tables)
     model = registry.resolve_verified(spark, a.warehouse, a.model)
     version = model.version
     mode = eval_mode(not a.no_reasoning, a.samples, a.temperature)
@@ -92,7 +93,6 @@ def main(argv: list[str] | None = None) -> int:
         log.info("no current index for %s yet: building it", version)
         log.info(artifacts.build_index(spark, a.warehouse, model, backend=a.backend, device=a.device))
 
-    delta_io.add_missing_columns(spark, a.warehouse, EVALUATIONS)
     data_version = delta_io.version(spark, a.warehouse, TRAINING_SAMPLES)
     samples = (spark.read.format("delta").option("versionAsOf", data_version)
                .load(delta_io.table_path(a.warehouse, TRAINING_SAMPLES))
