@@ -141,7 +141,17 @@ def ensure_table(spark: SparkSession, warehouse: str | Path, spec: TableSpec) ->
     )
     if spec.partition_by:
         builder = builder.partitionedBy(*spec.partition_by)
-    return builder.execute()
+    try:
+        return builder.execute()
+    except Exception:  # noqa: BLE001 - decided by what is on disk now
+        # Two jobs creating the same new table at once (the fine-tuning DAG's parallel
+        # evaluations): both see no table, both try to commit version 0, and the loser fails
+        # with ProtocolChanged or FileAlreadyExists depending on timing. The winner created the
+        # same table, so the loser carries on with it; anything else is a real error.
+        if not DeltaTable.isDeltaTable(spark, table_path(warehouse, spec)):
+            raise
+        log.info("%s: created by a concurrent job; using it", spec.name)
+        return DeltaTable.forPath(spark, table_path(warehouse, spec))
 
 
 def _is_conflict(e: Exception) -> bool:

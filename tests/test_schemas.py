@@ -53,3 +53,23 @@ def test_conform_refuses_nulls_and_duplicate_keys(spark):
               cols)
     with pytest.raises(SchemaMismatch, match="not unique"):
         conform(dup, INTERACTIONS)
+
+
+def test_jobs_creating_one_new_table_at_once_all_succeed(spark, tmp_path):
+    """The fine-tuning DAG's two evaluations may both be the first to write `evaluations`: both
+    try to create it, one commit wins and the other must use the table rather than fail."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from r2ec_batch import delta_io
+    from r2ec_batch.schemas import EVALUATIONS
+
+    barrier = __import__("threading").Barrier(4)
+
+    def create(_):
+        barrier.wait()
+        return delta_io.ensure_table(spark, tmp_path, EVALUATIONS).toDF().schema
+
+    with ThreadPoolExecutor(4) as pool:
+        schemas = list(pool.map(create, range(4)))
+    assert all(s == schemas[0] for s in schemas)
+    assert [c.name for c in schemas[0]] == EVALUATIONS.schema.fieldNames()
