@@ -23,6 +23,11 @@ no event after D.
 Variants: trigger with `-c '{"variant": "challenger", "model": "models/x/best"}'` to score and
 publish a challenger for a date beside the champion (`variant` is in the output tables' key).
 Re-running or backfilling a date is safe: each task rewrites only its own date (and variant).
+The heavy tasks (embed, score) queue in the pool `r2ec_gpu` (create it once:
+`airflow pools set r2ec_gpu 1 "R²ec GPU slots"`, one slot per GPU), shared with the fine-tuning
+DAG, so training and scoring never fight over a GPU. A failed task logs one structured line and
+calls the function named by the Variable `r2ec_failure_callback` if set (see `r2ec_airflow.py`).
+
 Tasks call the jobs through `bin/r2ec-submit`, the same wrapper a person uses by hand: it carries
 the Delta jars, the project's venv and Spark's log settings, so a task and a manual run behave
 identically (the Spark provider's SparkSubmitOperator would need all of that repeated in a
@@ -40,6 +45,7 @@ from pathlib import Path
 
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param
+from r2ec_airflow import POOL, on_failure
 
 REPO = str(Path(__file__).resolve().parents[1])
 
@@ -58,6 +64,7 @@ default_args = {
     "retry_delay": timedelta(minutes=5),
     "retry_exponential_backoff": True,
     "execution_timeout": timedelta(hours=3),
+    "on_failure_callback": on_failure,  # logs; calls the Variable r2ec_failure_callback if set
 }
 
 with DAG(
@@ -99,6 +106,7 @@ with DAG(
         task_id="embed_items",
         doc_md="Item embeddings + index for the model; a no-op when already up to date.",
         bash_command=f"{SUBMIT} jobs/embed_items.py --model {{{{ params.model }}}} {WH}",
+        pool=POOL,
     )
     run = ("--run-date {{ ds }} --as-of {{ ds }} --variant {{ params.variant }} "
            "--top-k {{ params.top_k }}")
@@ -107,6 +115,7 @@ with DAG(
         doc_md="A new, unpublished run for `run_date = {{ ds }}` and the variant (incremental).",
         bash_command=(f"{SUBMIT} jobs/score.py {run} --model {{{{ params.model }}}} --incremental "
                       f"--max-new-tokens {{{{ params.max_new_tokens }}}} {WH}"),
+        pool=POOL,
     )
     publish = BashOperator(
         task_id="publish",

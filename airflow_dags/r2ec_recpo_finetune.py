@@ -17,8 +17,13 @@ when backfilled.
    evaluation stays in the table's history);
 5. **promote**: paired comparison on those samples; the candidate becomes champion only if the
    lower end of the 95% bootstrap interval of its NDCG@10 gain is above `margin` (0: better
-   beyond resampling noise); otherwise it is recorded as `rejected` and the champion stays.
-   Scoring always uses the champion, so the nightly DAG picks up a promotion on its next run.
+   beyond resampling noise); otherwise it is recorded as `rejected`, the champion stays and the
+   task ends as *skipped*. A promotion emits the Asset `r2ec_champion`, which triggers
+   `r2ec_reembed_champion` (item embeddings and FAISS index of the new champion) at once; the
+   nightly DAG scores with the champion from its next run.
+
+Training, embedding and evaluation run in the pool `r2ec_gpu` shared with nightly scoring (see
+the nightly DAG's notes); a failed task calls the failure callback described there.
 
 Tasks call `bin/r2ec-submit` like the nightly DAG (see its notes). Paths come from the Variables
 `r2ec_repo`, `r2ec_warehouse`, `r2ec_models`, else from the params.
@@ -31,6 +36,7 @@ from pathlib import Path
 
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param
+from r2ec_airflow import CHAMPION, POOL, on_failure
 
 REPO = str(Path(__file__).resolve().parents[1])
 
@@ -50,6 +56,8 @@ default_args = {
     "retries": 1,
     "retry_delay": timedelta(minutes=10),
     "execution_timeout": timedelta(hours=12),
+    "on_failure_callback": on_failure,  # logs; calls the Variable r2ec_failure_callback if set
+    "pool": POOL,  # training, embedding and evaluation share the GPU slots with nightly scoring
 }
 
 with DAG(
@@ -79,6 +87,7 @@ with DAG(
         task_id="training_samples",
         doc_md="Rebuild `training_samples` from events up to the week's last day (one commit).",
         bash_command=f"{SUBMIT} jobs/build_histories.py --as-of {AS_OF} --skip-histories {WH}",
+        pool="default_pool",  # Spark on CPUs only
     )
     train = BashOperator(
         task_id="train_recpo",
@@ -102,9 +111,15 @@ with DAG(
     )
     promote = BashOperator(
         task_id="promote",
-        doc_md="Champion only if the paired 95% interval of the gain clears `margin`.",
+        doc_md="Champion only if the paired 95% interval of the gain clears `margin`; skipped "
+               "(exit 99) when the champion did not change, so the Asset is emitted only on a "
+               "real promotion.",
         bash_command=(f"{SUBMIT} jobs/promote.py --candidate {CANDIDATE}/best "
-                      f"--margin {{{{ params.margin }}}} {WH}"),
+                      f"--margin {{{{ params.margin }}}} --unchanged-exit-code 99 {WH}"),
+        skip_on_exit_code=99,
+        outlets=[CHAMPION],
+        retries=0,  # the same evaluations give the same decision
+        pool="default_pool",
     )
     samples >> train >> embed >> [eval_candidate, eval_champion] >> promote
     samples >> eval_champion

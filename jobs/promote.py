@@ -98,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", default="greedy_reasoning", choices=["greedy_reasoning", "no_reasoning"])
     p.add_argument("--require-baseline", action="store_true",
                    help="refuse a first champion that does not beat the transition baseline")
+    p.add_argument("--unchanged-exit-code", type=int, default=0, metavar="N",
+                   help="exit status when the champion did not change (candidate rejected or "
+                        "already champion). The fine-tuning DAG passes 99, which Airflow's "
+                        "BashOperator reports as a skipped task: its champion Asset is then not "
+                        "emitted, and nothing is re-embedded for a model that did not change")
     a = p.parse_args(argv)
     cli.setup_logging(a.verbose)
     spark = build_spark("r2ec-promote")
@@ -111,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     champ = registry.champion(spark, a.warehouse)
     if champ is not None and champ["model_version"] == cand:
         print(f"{cand} is already the champion", flush=True)
-        return 0
+        return a.unchanged_exit_code
     if champ is None:
         base = transition_baseline(spark, a.warehouse, a.split)
         ok = cand_score > base
@@ -150,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(a_nd):,} samples: difference {diff:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}] "
           f"({'lower end above' if better else 'lower end not above'} the margin {a.margin})",
           flush=True)
-    return 0
+    return 0 if better else a.unchanged_exit_code
 
 
 if __name__ == "__main__":

@@ -46,8 +46,8 @@ def _py(code: str, env: dict[str, str], timeout: int = 120) -> dict:
 def test_dagbag_imports_fast_without_heavy_modules(airflow_env):
     got = _py(f"""
         import json, sys
-        from airflow.dag_processing.dagbag import DagBag
-        bag = DagBag(dag_folder={str(DAGS)!r})
+        from airflow.dag_processing.dagbag import BundleDagBag
+        bag = BundleDagBag(dag_folder={str(DAGS)!r}, bundle_path={str(DAGS)!r})
         print(json.dumps({{
             "errors": {{k: str(v) for k, v in bag.import_errors.items()}},
             "dags": sorted(bag.dag_ids),
@@ -55,28 +55,36 @@ def test_dagbag_imports_fast_without_heavy_modules(airflow_env):
             "heavy": [m for m in ("torch", "pyspark", "transformers", "faiss") if m in sys.modules],
         }}))""", airflow_env)
     assert got["errors"] == {}
-    assert got["dags"] == ["r2ec_nightly_scoring", "r2ec_recpo_finetune"]
-    assert len(got["seconds"]) == 2 and all(s < 1.0 for s in got["seconds"].values())
+    assert got["dags"] == ["r2ec_nightly_scoring", "r2ec_recpo_finetune", "r2ec_reembed_champion"]
+    assert len(got["seconds"]) == 3 and all(s < 1.0 for s in got["seconds"].values())
     assert got["heavy"] == []
 
 
 def test_graphs_schedules_retries_and_templates(airflow_env):
     got = _py(f"""
         import json
-        from airflow.dag_processing.dagbag import DagBag
-        bag = DagBag(dag_folder={str(DAGS)!r})
+        from airflow.dag_processing.dagbag import BundleDagBag
+        bag = BundleDagBag(dag_folder={str(DAGS)!r}, bundle_path={str(DAGS)!r})
         out = {{}}
         for dag_id in bag.dag_ids:
             d = bag.get_dag(dag_id)
             out[dag_id] = {{
-                "cron": d.timetable.expression, "catchup": d.catchup, "doc": bool(d.doc_md),
+                "cron": getattr(d.timetable, "expression", None), "catchup": d.catchup,
+                "doc": bool(d.doc_md),
+                "assets": [a.name for a in getattr(getattr(d.timetable, "asset_condition", None),
+                                                   "objects", [])],
                 "tasks": {{t.task_id: {{"up": sorted(t.upstream_task_ids), "retries": t.retries,
                                         "delay": t.retry_delay.total_seconds(),
-                                        "cmd": t.bash_command, "doc": bool(t.doc_md) or None}}
+                                        "cmd": t.bash_command, "doc": bool(t.doc_md) or None,
+                                        "pool": t.pool, "skip": list(t.skip_on_exit_code or []),
+                                        "outlets": [a.name for a in t.outlets],
+                                        "on_failure": [f.__name__ for f in
+                                                       t.on_failure_callback or []]}}
                           for t in d.tasks}},
             }}
         print(json.dumps(out))""", airflow_env)
     nightly, tune = got["r2ec_nightly_scoring"], got["r2ec_recpo_finetune"]
+    reembed = got["r2ec_reembed_champion"]
     assert nightly["cron"] == "0 0 * * *" and nightly["catchup"] is False and nightly["doc"]
     assert tune["cron"] == "0 0 * * 0" and tune["catchup"] is False and tune["doc"]
     t = nightly["tasks"]
@@ -97,6 +105,19 @@ def test_graphs_schedules_retries_and_templates(airflow_env):
     assert "--as-of {{ (data_interval_end - macros.timedelta(days=1)) | ds }}" in \
         u["training_samples"]["cmd"]
 
+    # Airflow conventions: heavy tasks share one pool; every task reports failures through the
+    # callback; only a real promotion emits the champion Asset, which schedules re-embedding.
+    heavy = {"embed_items", "score", "train_recpo", "embed_candidate", "evaluate_candidate",
+             "evaluate_champion", "embed_champion"}
+    every = {**t, **u, **reembed["tasks"]}
+    assert {k for k, x in every.items() if x["pool"] == "r2ec_gpu"} == heavy
+    assert all(x["on_failure"] == ["on_failure"] for x in every.values())
+    assert u["promote"]["outlets"] == ["r2ec_champion"] and u["promote"]["skip"] == [99]
+    assert "--unchanged-exit-code 99" in u["promote"]["cmd"] and u["promote"]["retries"] == 0
+    assert not any(x["outlets"] for k, x in every.items() if k != "promote")
+    assert reembed["cron"] is None and reembed["assets"] == ["r2ec_champion"]
+    assert "jobs/embed_items.py --model champion" in reembed["tasks"]["embed_champion"]["cmd"]
+
 
 def test_a_run_scores_the_day_that_is_complete(airflow_env):
     """Data-interval timetables: the nightly run for day D starts at 00:00 UTC of D + 1 with
@@ -105,10 +126,10 @@ def test_a_run_scores_the_day_that_is_complete(airflow_env):
     got = _py(f"""
         import json
         from datetime import datetime, timezone
-        from airflow.dag_processing.dagbag import DagBag
+        from airflow.dag_processing.dagbag import BundleDagBag
         from airflow.serialization.serialized_objects import decode_timetable, encode_timetable
         from airflow.timetables.base import DataInterval, TimeRestriction
-        bag = DagBag(dag_folder={str(DAGS)!r})
+        bag = BundleDagBag(dag_folder={str(DAGS)!r}, bundle_path={str(DAGS)!r})
         utc = timezone.utc
         out = {{}}
         for dag_id, last in (("r2ec_nightly_scoring", (datetime(2026, 1, 1, tzinfo=utc),
@@ -148,15 +169,26 @@ def slice_warehouse(spark, ml100k_dir, tmp_path_factory):
     return data, wh
 
 
-def _run_nightly(env, data: Path, wh: Path) -> dict:
+def record_failure(context) -> None:
+    """A user failure callback, named by the Variable r2ec_failure_callback in the test below."""
+    ti = context["ti"]
+    with open(os.environ["R2EC_TEST_FAILURES"], "a") as f:
+        f.write(json.dumps({"task_id": ti.task_id, "try_number": ti.try_number}) + "\n")
+
+
+def _run_nightly(env, data: Path, wh: Path, top_k: int = 5, only: str | None = None) -> dict:
+    """dag.test() for 2026-01-02; `only`: run just that task (the others marked success)."""
+    skip = None if only is None else f"(?!{only}$).*"
     return _py(f"""
         import json
         from datetime import datetime, timezone
-        from airflow.dag_processing.dagbag import DagBag
-        dag = DagBag(dag_folder={str(DAGS)!r}).get_dag("r2ec_nightly_scoring")
+        from airflow.dag_processing.dagbag import BundleDagBag
+        bag = BundleDagBag(dag_folder={str(DAGS)!r}, bundle_path={str(DAGS)!r})
+        dag = bag.get_dag("r2ec_nightly_scoring")
         run = dag.test(logical_date=datetime(2026, 1, 2, tzinfo=timezone.utc),
                        run_conf={{"warehouse": {str(wh)!r}, "data_path": {str(data)!r},
-                                  "max_new_tokens": 4, "top_k": 5}})
+                                  "max_new_tokens": 4, "top_k": {top_k}}},
+                       mark_success_pattern={skip!r})
         states = {{ti.task_id: str(ti.state) for ti in run.get_task_instances()}}
         print(json.dumps({{"state": str(run.state), "tasks": states}}))""", env, timeout=1500)
 
@@ -191,3 +223,15 @@ def test_nightly_dag_runs_end_to_end_and_rerun_changes_nothing(airflow_env, slic
     pd.testing.assert_frame_equal(before[cols], after[cols])
     assert DeltaTable(str(wh / "interactions")).version() == inter_version  # re-ingest: no commit
     assert len(published(str(wh), "rationales")) == 200
+
+    # A run whose audit fails (5 items per user where 7 are expected): publish fails once, is
+    # not retried, calls the configured failure callback, and analysts' view does not change.
+    failures = wh.parent / "failures.jsonl"
+    env = {**airflow_env, "R2EC_TEST_FAILURES": str(failures), "PYTHONPATH": str(REPO),
+           "AIRFLOW_VAR_R2EC_FAILURE_CALLBACK": "tests.test_dags:record_failure"}
+    third = _run_nightly(env, data, wh, top_k=7, only="publish")
+    assert third["state"].endswith("failed") and third["tasks"]["publish"].endswith("failed"), third
+    assert [json.loads(x) for x in failures.read_text().splitlines()] == \
+        [{"task_id": "publish", "try_number": 1}]
+    view = published(str(wh), "recommendations").sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(before[cols], view[cols])

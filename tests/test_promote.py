@@ -104,10 +104,12 @@ def test_promotion_on_paired_intervals(spark, wh, tiny_model_dir, tmp_path, caps
     better = {**{i: 1 for i in champ}, **{i: 2 for i in ids if i not in champ and rng.random() < 0.1}}
     _eval(spark, wh, v3, better)
     # ... but not by a margin larger than the whole gain: rejected
-    assert promote.main(["--candidate", str(d3), "--margin", "0.5", "--warehouse", str(wh)]) == 0
+    assert promote.main(["--candidate", str(d3), "--margin", "0.5", "--unchanged-exit-code", "99",
+                         "--warehouse", str(wh)]) == 99  # the DAG's "skipped": no Asset event
     assert "rejected" in capsys.readouterr().out
     _eval(spark, wh, v4, better)
-    assert promote.main(["--candidate", str(d4), "--warehouse", str(wh)]) == 0
+    assert promote.main(["--candidate", str(d4), "--unchanged-exit-code", "99",
+                         "--warehouse", str(wh)]) == 0
     assert "promoted" in capsys.readouterr().out
     assert _status(wh) == {v1: "retired", v2: "rejected", v3: "rejected", v4: "champion"}
     assert registry.resolve(spark, wh, "champion") == str(d4.resolve())
