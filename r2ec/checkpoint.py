@@ -183,12 +183,22 @@ def adopt(src: str | Path, dst: str | Path, prompt: PromptConfig) -> dict[str, A
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
-    for tok in ("<answer>", "</answer>"):
-        if tok not in tokenizer.get_vocab():
-            tokenizer.add_special_tokens({"additional_special_tokens": [tok]})
+    added = [t for t in ("<answer>", "</answer>") if t not in tokenizer.get_vocab()]
+    if added:
+        # extend, never replace: Gemma's and Qwen's additional special tokens stay special
+        tokenizer.add_special_tokens({"additional_special_tokens": added},
+                                     replace_extra_special_tokens=False)
+    if tokenizer.pad_token is None:
+        # Llama 3 ships without one. Batches are padded (left for generation, right for states)
+        # and padding is masked out, but a generated pad also ends a reasoning, so it must be a
+        # token of its own, not eos or a word.
+        tokenizer.add_special_tokens({"pad_token": "<pad>"})
     model = AutoModelForCausalLM.from_pretrained(src, local_files_only=True)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
     return save(model, tokenizer, dst, R2ecSettings(prompt), base_model=str(src),
                 extra={"stage": "adopted"})
 

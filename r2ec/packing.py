@@ -120,9 +120,23 @@ def pack(windows: Sequence[Window], pad_id: int, device: torch.device | str = "c
     )
 
 
+def layer_masks(model, p: Packed) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The packed mask, per layer type for models with sliding-window layers (Gemma-2 has one
+    in two). transformers uses a 4D mask as given for every layer, so a sliding layer would
+    see too far back once a packed row is longer than its window; its mask also hides keys
+    whose *position* is a window or more behind the query. Positions, not columns: a block's
+    positions continue from its line, so this is the window the unpacked prompt gets."""
+    cfg = getattr(model, "config", None)
+    window = getattr(cfg, "sliding_window", None)
+    if not window or "sliding_attention" not in (getattr(cfg, "layer_types", None) or ()):
+        return p.attention_mask
+    near = (p.position_ids[:, :, None] - p.position_ids[:, None, :]) < window
+    return {"full_attention": p.attention_mask, "sliding_attention": p.attention_mask & near[:, None]}
+
+
 def packed_hidden(model, p: Packed) -> torch.Tensor:
     """(B, T, d) final-layer states of a packed batch, through the model's own forward."""
-    out = model(input_ids=p.input_ids, attention_mask=p.attention_mask,
+    out = model(input_ids=p.input_ids, attention_mask=layer_masks(model, p),
                 position_ids=p.position_ids, output_hidden_states=True, logits_to_keep=1,
                 use_cache=False)
     return out.hidden_states[-1]

@@ -59,6 +59,26 @@ def test_packed_readouts_equal_inference_states(r2ec):
     assert np.abs(got - want).max() < 1e-5
 
 
+def test_packed_readouts_respect_a_sliding_window(tmp_path):
+    """Gemma-2 alternates sliding-window and global layers; with a window far shorter than the
+    packed rows, packed readouts still equal the states of the unpacked prompts."""
+    from r2ec import checkpoint
+    from r2ec.config import PromptConfig
+    from tests.backbones import save_tiny_backbone
+
+    hf = save_tiny_backbone("gemma2", tmp_path / "hf", list(ITEMS["title"]) * 3, sliding_window=16)
+    checkpoint.adopt(hf, tmp_path / "m", PromptConfig(item_id_tokens=False))
+    gemma = R2ec.load(tmp_path / "m", device="cpu", dtype=torch.float32)
+    assert "sliding_attention" in gemma.model.config.layer_types
+    windows, expected = _windows_and_expected(gemma, random.Random(2))
+    p = pack(windows, gemma.tokenizer.pad_token_id)
+    assert p.position_ids.max() > 4 * 16  # the window matters
+    with torch.no_grad():
+        got = packed_hidden(gemma.model, p)[p.readout_rows, p.readout_pos].numpy()
+    want = gemma.backend.last_hidden_states(expected)
+    assert np.abs(got - want).max() < 1e-4
+
+
 def test_packed_lm_labels_are_the_following_tokens(r2ec):
     windows, _ = _windows_and_expected(r2ec, random.Random(1))
     p = pack(windows, r2ec.tokenizer.pad_token_id)
