@@ -29,6 +29,7 @@ from r2ec.prompts import PROMPT_FORMAT
 
 MANIFEST = "manifest.json"
 R2EC_CONFIG = "r2ec_config.json"
+ADAPTER_DIR = "adapter"  # LoRA-trained checkpoints: the adapter, beside the merged weights
 FORMAT = "r2ec-checkpoint/1"
 
 
@@ -101,11 +102,16 @@ def save(model, tokenizer, out_dir: str | Path, settings: R2ecSettings,
     folder, then renamed over `out_dir`. A LoRA-wrapped model is merged first."""
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if hasattr(model, "merge_and_unload"):  # peft: store a plain model that anything can load
-        # Merge a copy: merging in place would end LoRA training of the live model.
-        model = copy.deepcopy(model).merge_and_unload()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        if hasattr(model, "merge_and_unload"):  # peft
+            # The adapter alone (a few MB) in ADAPTER_DIR, for sharing and for re-applying to
+            # the parent checkpoint it was trained on (`parent_version` in the manifest); the
+            # embeddings are the parent's already, so they are not repeated. The model itself
+            # is stored merged, so that anything (vLLM included) loads it as a plain model.
+            model.save_pretrained(tmp / ADAPTER_DIR, save_embedding_layers=False)
+            # Merge a copy: merging in place would end LoRA training of the live model.
+            model = copy.deepcopy(model).merge_and_unload()
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / R2EC_CONFIG).write_text(settings.to_json())
