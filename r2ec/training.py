@@ -227,6 +227,13 @@ def run_loop(r2ec: R2ec, cfg, *, stage: str, out_dir: Path, steps_per_epoch: int
     from accelerate import Accelerator
 
     acc = Accelerator(cpu=r2ec.device.type == "cpu")
+    if acc.num_processes > 1:
+        # Under `accelerate launch` / torchrun every rank would read all the data, refresh its
+        # own item table and write the same checkpoints: N copies of one run, not one run N
+        # times faster. Refuse rather than do that quietly.
+        raise RuntimeError(f"{acc.num_processes} processes: training runs as one process on "
+                           "one device (one GPU, or the CPU); data-parallel training is not "
+                           "supported yet")
     model = r2ec.model
     if getattr(cfg, "gradient_checkpointing", False):
         # Non-reentrant checkpointing needs no input that requires grad, so it works under
