@@ -3,6 +3,7 @@ through the project's own training stages and scoring path, plus the default mod
 
     python bench/gpu_check.py                          # on a GPU: Qwen2.5-1.5B shape, bf16, LoRA
     python bench/gpu_check.py --device cpu --tiny      # the same path, tiny shape (CI runs this)
+    python bench/gpu_check.py --shape gemma-2-2b       # Gemma-2-2B's shape instead
 
 Rows: warm-start samples/s (`r2ec.warmstart.train`, packed readouts, sampled item softmax);
 RecPO seconds per step (`r2ec.recpo_trainer.train`, G = 4, transformers rollouts); scoring
@@ -52,14 +53,23 @@ from r2ec.prompts import Prompter  # noqa: E402
 from r2ec.tokenizer import train_tokenizer  # noqa: E402
 from r2ec.training import LoraSettings  # noqa: E402
 
-# Qwen2.5-1.5B's published config (layer sizes only; the weights here are random).
+# The published configs of Qwen2.5-1.5B and Gemma-2-2B (layer sizes only; the weights here are
+# random). Gemma-2 adds logit soft-capping and alternating sliding-window (4,096) layers.
+GEMMA2 = dict(family="gemma2", sliding_window=4096, attn_logit_softcapping=50.0,
+              final_logit_softcapping=30.0)
 SHAPES = {
-    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                         num_attention_heads=12, num_key_value_heads=2, head_dim=128,
-                         vocab_size=151936, rope_theta=1e6),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    "qwen2.5-1.5b": dict(family="qwen2", hidden_size=1536, intermediate_size=8960,
+                         num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                         head_dim=128, vocab_size=151936, rope_theta=1e6),
+    "gemma-2-2b": dict(GEMMA2, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                       num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+                       query_pre_attn_scalar=256, vocab_size=256000),
+    "tiny": dict(family="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                  num_attention_heads=2, num_key_value_heads=1, head_dim=32, vocab_size=0,
                  rope_theta=1e4),
+    "tiny-gemma2": dict(GEMMA2, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                        query_pre_attn_scalar=32, vocab_size=0),
 }
 GENRES = ["Action", "Adventure", "Animation", "Comedy", "Crime", "Drama", "Fantasy", "Horror",
           "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western"]
@@ -139,16 +149,23 @@ def bench_tokenizer(catalog: Catalog, samples: pd.DataFrame, prompt: PromptConfi
 
 
 def random_model(tok, shape: str, device: torch.device, dtype: torch.dtype):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Gemma2Config, Gemma2ForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     s = dict(SHAPES[shape])
+    family = s.pop("family")
     s["vocab_size"] = max(s["vocab_size"], len(tok))
-    cfg = Qwen2Config(**s, tie_word_embeddings=True, max_position_embeddings=32768,
-                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id, use_sliding_window=False)
+    ids = dict(tie_word_embeddings=True, pad_token_id=tok.pad_token_id,
+               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    if family == "gemma2":
+        cfg, cls = Gemma2Config(**s, **ids, max_position_embeddings=8192), Gemma2ForCausalLM
+        # eager: the attention that applies Gemma-2's soft-capping (as its model card advises)
+        cfg._attn_implementation = "eager"
+    else:
+        cfg = Qwen2Config(**s, **ids, max_position_embeddings=32768, use_sliding_window=False)
+        cls = Qwen2ForCausalLM
     torch.manual_seed(0)
     with torch.device(device):  # initialised where it runs: no 6 GB float32 copy on the host
-        model = Qwen2ForCausalLM(cfg)
+        model = cls(cfg)
     return model.to(dtype)
 
 
@@ -240,7 +257,7 @@ def main() -> None:  # noqa: C901 - one measurement after another, in the table'
     device = torch.device(a.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here; `--device cpu --tiny` runs the same path on the CPU")
-    shape = "tiny" if a.tiny else a.shape
+    shape = ("tiny-gemma2" if a.shape.startswith("gemma") else "tiny") if a.tiny else a.shape
     dtype = getattr(torch, a.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {name}, torch {torch.__version__}, shape {shape}, {dtype}", flush=True)
