@@ -33,6 +33,7 @@ import torch
 from deltalake import DeltaTable, write_deltalake
 
 from r2ec.baselines import LastItemTransition, Popularity, SASRec, SASRecConfig
+from r2ec.beyond import beyond_markdown
 from r2ec.config import DefaultModelConfig, SamplingConfig
 from r2ec.data import Catalog
 from r2ec.default_model import build
@@ -285,14 +286,19 @@ def main() -> None:
     write_deltalake(str(out / "rankings"), table.rankings(), mode="overwrite",
                     partition_by=["method"], schema_mode="overwrite")
     table.intervals(REFERENCE)
+    counts = train["target_item_id"].value_counts().to_dict()
+    tags = {i: item_tags(x) for i, x in zip(catalog.ids, catalog.attributes, strict=True)}
+    beyond_rows, beyond_md = beyond_markdown(
+        table.lists, [list(h) for h in test["history_item_ids"]], counts, catalog.ids, tags)
     table.plot(out / "valid_curves.png")
     env = {"date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
            "cpus": torch.get_num_threads(), "torch": torch.__version__, "test_samples": len(test),
            "catalogue": len(catalog), "config": a.config, "args": vars(a)}
     (out / "quality.json").write_text(json.dumps(
-        {"env": env, "rows": table.rows, "curves": table.curves, "rationales": table.rationales},
+        {"env": env, "rows": table.rows, "beyond_accuracy": beyond_rows, "curves": table.curves,
+         "rationales": table.rationales},
         indent=2, default=float))
-    md = table.markdown(REFERENCE)
+    md = table.markdown(REFERENCE) + "\nBeyond accuracy (r2ec.beyond):\n\n" + beyond_md
     for method, r in table.rationales.items():
         md += f"\nRationales of {method}: " + ", ".join(
             f"{k} {v:.3f}" for k, v in r["metrics"].items()) + "\n"

@@ -7,8 +7,10 @@ protocol: Hit@K and NDCG@K, K = 5, 10, 20, full catalogue, greedy reasoning.
     bin/r2ec-submit jobs/evaluate.py --split test --samples 8 --temperature 1.0   # test-time scaling
 
 Writes the ranked lists to `eval_rankings` (replacing that model's rows for the split) and the
-metrics to `evaluations` (MERGE on model, dataset, split, mode, metric, k), then prints the
-table. Metrics up to K = 20 only need each target's position in the top 20, so they are exact.
+metrics to `evaluations` (appended, with the evaluation's time and the training_samples
+version), then prints the table. Metrics up to K = 20 only need each target's position in the
+top 20, so they are exact. Beside hit/NDCG: coverage, popularity percentile and bias, novelty
+and intra-list diversity at each K (`r2ec.beyond`, the benchmarks' evaluator too).
 With reasoning, the rationales' quality (distinct lines, grounded items and genres, agreement
 with what was recommended; `r2ec.reasoning.rationale_metrics`) is stored next to them as
 metrics named `rationale_*`.
@@ -39,13 +41,36 @@ def eval_mode(reasoning: bool, samples: int = 1, temperature: float = 0.0) -> st
     return f"reasoning_x{samples}_t{temperature:g}"
 
 
-def _rationale_quality(spark, warehouse, ranked, samples) -> dict[str, float]:
+def _catalog_and_tags(spark, warehouse):
     from r2ec.data import Catalog
-    from r2ec.reasoning import item_tags, rationale_metrics
+    from r2ec.reasoning import item_tags
 
     items = delta_io.read(spark, warehouse, ITEMS).select("item_id", "title", "attributes").toPandas()
     catalog = Catalog.from_frame(items)
-    tags = {i: item_tags(a) for i, a in zip(catalog.ids, catalog.attributes, strict=True)}
+    return catalog, {i: item_tags(a) for i, a in zip(catalog.ids, catalog.attributes, strict=True)}
+
+
+def _beyond_accuracy(spark, warehouse, ranked, samples, data_version: int) -> dict[str, float]:
+    """Coverage, popularity, novelty and diversity of the lists (`r2ec.beyond`); popularity
+    counts from the train split of the same training_samples version."""
+    from r2ec.beyond import beyond_accuracy
+
+    catalog, tags = _catalog_and_tags(spark, warehouse)
+    counts = (spark.read.format("delta").option("versionAsOf", data_version)
+              .load(delta_io.table_path(warehouse, TRAINING_SAMPLES))
+              .filter(F.col("split") == "train").groupBy("target_item_id").count().toPandas())
+    df = (ranked.select("sample_id", "item_ids")
+          .join(samples.select("sample_id", "history_item_ids"), "sample_id").toPandas())
+    return beyond_accuracy([list(x) for x in df["item_ids"]],
+                           [list(h) for h in df["history_item_ids"]],
+                           dict(zip(counts["target_item_id"], counts["count"], strict=True)),
+                           catalog.ids, tags, KS)
+
+
+def _rationale_quality(spark, warehouse, ranked, samples) -> dict[str, float]:
+    from r2ec.reasoning import rationale_metrics
+
+    catalog, tags = _catalog_and_tags(spark, warehouse)
     df = (ranked.select("sample_id", "text", "item_ids")
           .join(samples.select("sample_id", "history_titles"), "sample_id").toPandas())
     return rationale_metrics(
@@ -126,9 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         aggs.append(F.avg(hit.cast("double")).alias(f"hit@{k}"))
         aggs.append(F.avg(F.when(hit, 1.0 / F.log2(F.col("rank") + 1)).otherwise(0.0)).alias(f"ndcg@{k}"))
     m = pos.agg(*aggs).first().asDict()
+    beyond = _beyond_accuracy(spark, a.warehouse, ranked, samples, data_version)
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     rows = [(version, a.dataset, a.split, name.split("@")[0], int(name.split("@")[1]), float(v), n,
-             mode, now, data_version) for name, v in m.items()]
+             mode, now, data_version) for name, v in {**m, **beyond}.items() if v == v]
     if not a.no_reasoning:
         quality = _rationale_quality(spark, a.warehouse, ranked, samples)
         rows += [(version, a.dataset, a.split, f"rationale_{name.split('@')[0]}",
@@ -143,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{version} on {a.dataset}/{a.split} ({n:,} samples of training_samples version "
           f"{data_version}, {mode.replace('_', ' ')}):")
     print("  " + "  ".join(f"{k:>8}" for k in m))
-    print("  " + "  ".join(f"{v:8.4f}" for v in m.values()), flush=True)
+    print("  " + "  ".join(f"{v:8.4f}" for v in m.values()))
+    print("beyond accuracy @10: " + ", ".join(
+        f"{k.split('@')[0]} {v:.3f}" for k, v in beyond.items() if k.endswith("@10")), flush=True)
     return 0
 
 

@@ -61,12 +61,21 @@ def main(argv: list[str] | None = None) -> int:
             # evaluations keep every run: show the newest figure of each metric
             ev = ev.sort_values("evaluated_at").groupby(
                 ["split", "mode", "metric", "k"]).tail(1)
-            if len(ev):
-                t = ev.pivot_table(index=["split", "mode", "n_samples"], columns=["metric", "k"],
-                                   values="value")
-                t.columns = [f"{m}@{k}" for m, k in t.columns]
-                print("\nmetrics (paper protocol: full catalogue, history masked):")
-                print(t.round(4).to_string())
+            families = (
+                ("accuracy (paper protocol: full catalogue, history masked)",
+                 ev["metric"].isin(["hit", "ndcg"])),
+                ("beyond accuracy (r2ec.beyond)", ~ev["metric"].isin(["hit", "ndcg"])
+                 & ~ev["metric"].str.startswith("rationale_")),
+                ("rationales", ev["metric"].str.startswith("rationale_")))
+            for title, rows in families:
+                if not rows.any():
+                    continue
+                t = ev[rows].pivot_table(index=["split", "mode", "n_samples"],
+                                         columns=["metric", "k"], values="value")
+                t.columns = [f"{m}@{k}" if k else m for m, k in t.columns]
+                print(f"\n{title}:")
+                # many metrics, few evaluations: metrics down the page, evaluations across
+                print((t if t.shape[1] <= 6 else t.T).round(4).to_string())
     recs, rats = published(wh, "recommendations"), published(wh, "rationales")
     items = _table(wh, "items")
     if recs is not None and len(recs):

@@ -95,3 +95,35 @@ def test_early_stopping_rule():
     assert stop.best == 0.2
     never = EarlyStopping(patience=0)
     assert [never.update(0.0)[1] for _ in range(10)] == [False] * 10
+
+
+def test_beyond_accuracy_on_a_hand_computed_case():
+    from r2ec.beyond import beyond_accuracy
+
+    # counts a=3, b=1, c=1, d=0 -> sorted 0,1,1,3 -> mid-rank percentiles .875, .5, .5, .125
+    counts, ids = {"a": 3, "b": 1, "c": 1}, ["a", "b", "c", "d"]
+    tags = {"a": ["Action"], "b": ["Action", "Comedy"], "c": ["Drama"], "e": ["x"]}
+    got = beyond_accuracy([["a", "b"], ["c", "d"]], [["c"], ["a", "b"]], counts, ids, tags,
+                          ks=(1, 2))
+    assert got["coverage@1"] == 0.5 and got["coverage@2"] == 1.0
+    assert got["popularity_percentile@2"] == pytest.approx(((.875 + .5) / 2 + (.5 + .125) / 2) / 2)
+    # u1: .6875 - .5 (history c); u2: .3125 - .6875 (history a, b)
+    assert got["popularity_bias@2"] == pytest.approx((0.1875 - 0.375) / 2)
+    # p = (count + 1) / (5 + 4): a 4/9, b 2/9, c 2/9, d 1/9
+    nov = np.mean([np.mean([-np.log2(4 / 9), -np.log2(2 / 9)]),
+                   np.mean([-np.log2(2 / 9), -np.log2(1 / 9)])])
+    assert got["novelty@2"] == pytest.approx(nov)
+    assert got["novelty@1"] == pytest.approx(np.mean([-np.log2(4 / 9), -np.log2(2 / 9)]))
+    # (a, b): Jaccard 1/2 -> .5; (c, d): {Drama} vs {} -> 1.0
+    assert got["diversity@2"] == pytest.approx(0.75)
+    assert np.isnan(got["diversity@1"])  # one item: no pair
+
+
+def test_diversity_leaves_out_pairs_without_tags():
+    from r2ec.beyond import beyond_accuracy
+
+    ids = ["a", "b", "c"]
+    got = beyond_accuracy([["a", "b", "c"]], [[]], {}, ids, {"c": ["Drama"]}, ks=(3,))
+    assert got["diversity@3"] == 1.0  # (a, b) has no tags at all: only (a, c), (b, c) count
+    assert np.isnan(got["popularity_bias@3"])  # no history to compare with
+    assert got["popularity_percentile@3"] == 0.5  # all tied at zero: every item mid-rank

@@ -139,11 +139,17 @@ def test_evaluate_writes_rankings_and_metrics_that_recompute(scored):
     quality = ev[ev["metric"].str.startswith("rationale_")]
     assert {"rationale_distinct_lines", "rationale_internal_tokens"} <= set(quality["metric"])
     assert quality[quality["metric"] == "rationale_internal_tokens"]["value"].item() == 0.0
-    ev = ev[~ev["metric"].str.startswith("rationale_")]
+    beyond = ev[ev["metric"].isin(["coverage", "popularity_percentile", "popularity_bias",
+                                   "novelty", "diversity"])]
+    assert len(beyond) == 15 and set(beyond["k"]) == {5, 10, 20}
+    cov = beyond[beyond["metric"] == "coverage"].set_index("k")["value"]
+    assert 0 < cov[5] <= cov[10] <= cov[20] <= 1  # longer lists reach more of the catalogue
+    ev = ev[ev["metric"].isin(["hit", "ndcg"])]
     assert len(ev) == 6 and set(ev["k"]) == {5, 10, 20} and (ev["n_samples"] == 300).all()
     ranks = _t(wh, "eval_rankings")  # other tests may have ranked other splits and models
     ranks = ranks[(ranks["split"] == "test") & (ranks["model_version"] == ev["model_version"].iloc[0])]
     assert len(ranks) == 300 * 20
+    assert cov[20] == pytest.approx(ranks["item_id"].nunique() / len(_t(wh, "items")))
     samples = _t(wh, "training_samples").set_index("sample_id")
     pos = []
     for sid, g in ranks.groupby("sample_id"):
