@@ -22,6 +22,9 @@ when backfilled.
    `r2ec_reembed_champion` (item embeddings and FAISS index of the new champion) at once; the
    nightly DAG scores with the champion from its next run.
 
+6. **maintain_tables** (beside the rest): OPTIMIZE every table (Z-ordered by the columns
+   readers filter on) and VACUUM it, keeping time travel for `retention_hours` (default 7 days).
+
 Training, embedding and evaluation run in the pool `r2ec_gpu` shared with nightly scoring (see
 the nightly DAG's notes); a failed task calls the failure callback described there.
 
@@ -81,6 +84,8 @@ with DAG(
         "eval_limit": Param(2000, type="integer", minimum=0, description="valid samples (0 = all)"),
         "margin": Param(0.0, type="number",
                         description="the paired 95% interval of the NDCG@10 gain must lie above this"),
+        "retention_hours": Param(168, type="number", minimum=168,
+                                 description="time travel kept by the weekly VACUUM (hours)"),
     },
 ) as dag:
     samples = BashOperator(
@@ -119,6 +124,14 @@ with DAG(
         skip_on_exit_code=99,
         outlets=[CHAMPION],
         retries=0,  # the same evaluations give the same decision
+        pool="default_pool",
+    )
+    BashOperator(
+        task_id="maintain_tables",
+        doc_md="Compact (Z-ordered by the columns readers filter on) and VACUUM every table, "
+               "keeping time travel for `retention_hours`; independent of the training.",
+        bash_command=(f"{SUBMIT} jobs/maintain_tables.py --retention-hours "
+                      f"{{{{ params.retention_hours }}}} {WH}"),
         pool="default_pool",
     )
     samples >> train >> embed >> [eval_candidate, eval_champion] >> promote

@@ -36,6 +36,9 @@ class TableSpec:
     partition_by: tuple[str, ...] = ()
     description: str = ""
     columns_doc: dict[str, str] = field(default_factory=dict)
+    # Columns readers filter on inside a partition (one user's lists, one sample's ranking):
+    # jobs/maintain_tables.py Z-orders the files by them, so such a read skips most files.
+    cluster_by: tuple[str, ...] = ()
 
     @property
     def column_names(self) -> list[str]:
@@ -64,6 +67,7 @@ INTERACTIONS = TableSpec(
         _f("source_line", LongType()),
     ]),
     key=("user_id", "item_id", "ts"),
+    cluster_by=("user_id",),
     description="One row per accepted user-item event (rating/review/purchase), UTC time, with "
                 "the file and line it was read from (its order among same-second events).",
 )
@@ -122,6 +126,7 @@ USER_HISTORIES = TableSpec(
     ]),
     key=("as_of_date", "user_id"),
     partition_by=("as_of_date",),
+    cluster_by=("user_id",),
     description="Each user's latest <=20 items up to the end of as_of_date (UTC), oldest first.",
 )
 
@@ -139,6 +144,7 @@ TRAINING_SAMPLES = TableSpec(
     ]),
     key=("sample_id",),
     partition_by=("split",),
+    cluster_by=("user_id",),
     description="(previous <=20 items -> next item) samples; sample_id = position in the stable "
                 "order by target time (the reference preprocessing's interaction_id); split "
                 "80/10/10 along that order.",
@@ -181,6 +187,7 @@ RECOMMENDATIONS = TableSpec(
     ]),
     key=("run_date", "variant", "run_id", "user_id", "rank"),
     partition_by=("run_date", "variant"),
+    cluster_by=("user_id",),
     description="Top-k per user, run date and variant; score = cosine(h_T, h_v) / tau; history "
                 "items never appear. Only runs listed in published_runs are meant for readers.",
 )
@@ -198,6 +205,7 @@ RATIONALES = TableSpec(
     ]),
     key=("run_date", "variant", "run_id", "user_id"),
     partition_by=("run_date", "variant"),
+    cluster_by=("user_id",),
     description="The reasoning the model wrote before recommending (empty with --no-reasoning).",
 )
 
@@ -255,6 +263,7 @@ EVAL_RANKINGS = TableSpec(
     ]),
     key=("model_version", "split", "sample_id", "rank"),
     partition_by=("model_version",),
+    cluster_by=("split", "sample_id"),
     description="Ranked lists behind `evaluations`, so anyone can recompute the metrics.",
 )
 

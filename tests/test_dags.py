@@ -102,6 +102,9 @@ def test_graphs_schedules_retries_and_templates(airflow_env):
     assert u["embed_candidate"]["up"] == ["train_recpo"]
     assert "recpo-{{ ds_nodash }}" in u["train_recpo"]["cmd"] and "--resume" in u["train_recpo"]["cmd"]
     assert "--margin {{ params.margin }}" in u["promote"]["cmd"]
+    assert u["maintain_tables"]["up"] == [] and \
+        "jobs/maintain_tables.py --retention-hours {{ params.retention_hours }}" in \
+        u["maintain_tables"]["cmd"]
     assert "--as-of {{ (data_interval_end - macros.timedelta(days=1)) | ds }}" in \
         u["training_samples"]["cmd"]
 

@@ -18,6 +18,8 @@ def test_every_table_key_and_partition_columns_exist():
     for spec in ALL_TABLES.values():
         assert set(spec.key) <= set(spec.column_names), spec.name
         assert set(spec.partition_by) <= set(spec.column_names), spec.name
+        # Z-order columns are data columns (a partition column is already one value per folder)
+        assert set(spec.cluster_by) <= set(spec.column_names) - set(spec.partition_by), spec.name
         assert spec.description
 
 
