@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta
 from datetime import time as dtime
 
@@ -27,7 +28,14 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType, StringType, TimestampType
 
 from r2ec_batch import artifacts, cli, delta_io, publishing, registry
-from r2ec_batch.schemas import INTERACTIONS, RATIONALES, RECOMMENDATIONS, USER_HISTORIES
+from r2ec_batch.schemas import (
+    INTERACTIONS,
+    ITEM_BLOCKLIST,
+    ITEMS,
+    RATIONALES,
+    RECOMMENDATIONS,
+    USER_HISTORIES,
+)
 from r2ec_batch.session import build_spark
 from r2ec_batch.udfs.scoring import RECOMMEND_SCHEMA, ScoringSettings, recommend_udf
 
@@ -55,6 +63,17 @@ def _args(argv):
     p.add_argument("--backend", default="transformers", choices=["transformers", "vllm"])
     p.add_argument("--device", default=None, help="cpu / cuda (default: the task's GPU or cpu)")
     p.add_argument("--chunk-size", type=int, default=64, help="users per model batch in a UDF")
+    rules = p.add_argument_group("business rules (applied inside the index search: lists stay "
+                                 "--top-k long)")
+    rules.add_argument("--exclude-seen", choices=["window", "all"], default="window",
+                       help="never recommend the items of the history window (the paper's "
+                            "protocol), or everything the user interacted with up to --as-of")
+    rules.add_argument("--blocklist", default=ITEM_BLOCKLIST.name,
+                       help="items never recommended: this table of the warehouse when it "
+                            "exists ('none': no blocklist)")
+    rules.add_argument("--available-attribute", default="", metavar="NAME",
+                       help="items whose attribute NAME is false/0/no/unavailable are never "
+                            "recommended (e.g. 'available', kept up to date by ingest)")
     a = p.parse_args(argv)
     if a.top_k < 1:
         p.error("--top-k must be >= 1")
@@ -72,6 +91,24 @@ def _previous_run(spark, warehouse, run_date, variant, version) -> DataFrame | N
         (F.col("run_date") < F.lit(run_date)) & (F.col("model_version") == version))
     last = r.agg(F.max("run_date")).first()[0]
     return None if last is None else r.filter(F.col("run_date") == F.lit(last))
+
+
+def _blocked_items(spark, a) -> set[str]:
+    """Items no one may be recommended: the blocklist table and, with --available-attribute,
+    the items marked unavailable in `items`."""
+    blocked: set[str] = set()
+    if a.blocklist != "none":
+        spec = replace(ITEM_BLOCKLIST, name=a.blocklist)
+        if delta_io.exists(spark, a.warehouse, spec):
+            blocked |= {r["item_id"] for r in delta_io.read(spark, a.warehouse, spec)
+                        .select("item_id").collect()}
+    if a.available_attribute:
+        flag = F.lower(F.trim(F.col("attributes").getItem(a.available_attribute)))
+        blocked |= {r["item_id"] for r in delta_io.read(spark, a.warehouse, ITEMS)
+                    .filter(flag.isin("false", "0", "no", "unavailable")).collect()}
+    if blocked:
+        log.info("business rules: %d item(s) blocked or unavailable", len(blocked))
+    return blocked
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     end_of_day = datetime.combine(a.as_of + timedelta(days=1), dtime())
     hist = hist.withColumn("ref_ts", F.lit(end_of_day).cast("timestamp"))
 
-    carried = None
+    carried, base_hist = None, hist
     if a.incremental:
         prev = _previous_run(spark, a.warehouse, a.run_date, a.variant, version)
         if prev is not None:
@@ -120,14 +157,30 @@ def main(argv: list[str] | None = None) -> int:
             log.info("incremental: %d users unchanged since the last run", carried.count())
 
     inter = delta_io.read(spark, a.warehouse, INTERACTIONS).filter(F.col("ts") < F.lit(end_of_day))
+    blocked = _blocked_items(spark, a)
+    if carried is not None and blocked:
+        # a list carried over must not hold an item blocked since: re-score those users
+        stale = (delta_io.read(spark, a.warehouse, RECOMMENDATIONS)
+                 .filter(F.col("item_id").isin(list(blocked)))
+                 .select("user_id", F.col("run_date").alias("prev_date"),
+                         F.col("run_id").alias("prev_run")).distinct())
+        again = carried.join(stale, ["user_id", "prev_date", "prev_run"], "inner").select("user_id")
+        hist = hist.unionByName(base_hist.join(again, "user_id"), allowMissingColumns=True)
+        carried = carried.join(again, "user_id", "left_anti").cache()
+    if a.exclude_seen == "all":
+        seen = inter.groupBy("user_id").agg(F.collect_set("item_id").alias("seen_item_ids"))
+        hist = hist.join(seen, "user_id", "left").withColumn(
+            "seen_item_ids", F.coalesce("seen_item_ids", F.array().cast("array<string>")))
     popular = tuple(r["item_id"] for r in inter.groupBy("item_id").count()
-                    .orderBy(F.desc("count"), "item_id").limit(a.top_k + 20).collect())
+                    .orderBy(F.desc("count"), "item_id").limit(a.top_k + 20 + len(blocked))
+                    .collect())
     settings = ScoringSettings(
         model_location=model.location, model_version=version, index_location=idx_location,
         top_k=a.top_k,
         reasoning=not a.no_reasoning, samples=a.samples, temperature=a.temperature,
         max_new_tokens=a.max_new_tokens, backend=a.backend, device=a.device,
-        chunk_size=a.chunk_size, popular=popular)
+        chunk_size=a.chunk_size, popular=popular, blocked=tuple(sorted(blocked)),
+        exclude_column="seen_item_ids" if a.exclude_seen == "all" else None)
     n_users = hist.count()
     parts = max(spark.sparkContext.defaultParallelism, n_users // 2000)
     start = time.time()

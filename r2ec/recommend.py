@@ -13,7 +13,7 @@ history still excluded, an empty rationale, and `fallback = "popularity"`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -47,8 +47,9 @@ class Recommender:
         window = self.r2ec.prompter.window(history)
         return render(reasoning, self.index.titles, [h.title for h in window])
 
-    def _fallback(self, history: Sequence[HistoryItem], k: int) -> Recommendation:
-        seen = {h.item_id for h in history}
+    def _fallback(self, history: Sequence[HistoryItem], k: int, never: Collection[str] = ()
+                  ) -> Recommendation:
+        seen = {h.item_id for h in history} | set(never)
         items = [i for i in self.popular if i not in seen][:k]
         # Popularity has no cosine score; rank-based scores keep the column non-null and ordered.
         return Recommendation(items, [float(k - r) for r in range(len(items))], "", 0,
@@ -56,8 +57,16 @@ class Recommender:
 
     def recommend(self, histories: Sequence[Sequence[HistoryItem]], ref_times: Sequence[datetime],
                   top_k: int = 10, reasoning: bool = True, samples: int = 1,
-                  sampling: SamplingConfig | None = None) -> list[Recommendation]:
+                  sampling: SamplingConfig | None = None,
+                  exclude: Sequence[Collection[str]] | None = None,
+                  blocked: Collection[str] = ()) -> list[Recommendation]:
+        """Business rules: besides each user's history window, `exclude[i]` (e.g. everything
+        user i ever interacted with) and `blocked` (blocklisted or unavailable items, for
+        everyone) are never recommended. They are applied inside the index search, which
+        fetches past them, so every list stays `top_k` long."""
         sampling = sampling or SamplingConfig()
+        exclude = exclude or [()] * len(histories)
+        blocked = frozenset(blocked)
         if samples > 1 and sampling.temperature <= 0:
             raise ValueError("--samples > 1 needs a temperature > 0")
         out: list[Recommendation | None] = [None] * len(histories)
@@ -66,7 +75,7 @@ class Recommender:
             if any(h.item_id in self.index.row for h in hist):
                 live.append(i)
             else:
-                out[i] = self._fallback(hist, top_k)
+                out[i] = self._fallback(hist, top_k, blocked | set(exclude[i]))
         if live:
             prompts = self.r2ec.user_prompts([histories[i] for i in live], [ref_times[i] for i in live])
             texts, lengths = [""] * len(live), [0] * len(live)
@@ -74,8 +83,8 @@ class Recommender:
             if gens is not None:
                 texts = [self.render(g[0].text, histories[i]) for g, i in zip(gens, live, strict=True)]
                 lengths = [len(g[0].token_ids) for g in gens]
-            exclude = [[h.item_id for h in histories[i]] for i in live]
-            ids, scores = self.index.search(h_t, top_k, exclude)
+            never = [{h.item_id for h in histories[i]} | set(exclude[i]) | blocked for i in live]
+            ids, scores = self.index.search(h_t, top_k, never)
             for j, i in enumerate(live):
                 n = len(ids[j])
                 out[i] = Recommendation(ids[j], [float(x) for x in scores[j][:n]], texts[j], lengths[j])

@@ -6,6 +6,7 @@ from r2ec_batch.schemas.tables import (
     EVAL_RANKINGS,
     EVALUATIONS,
     INTERACTIONS,
+    ITEM_BLOCKLIST,
     ITEM_EMBEDDINGS,
     ITEMS,
     MODEL_REGISTRY,
@@ -19,7 +20,8 @@ from r2ec_batch.schemas.tables import (
 )
 
 __all__ = [
-    "ALL_TABLES", "EVALUATIONS", "EVAL_RANKINGS", "INTERACTIONS", "ITEMS", "ITEM_EMBEDDINGS",
+    "ALL_TABLES", "EVALUATIONS", "EVAL_RANKINGS", "INTERACTIONS", "ITEMS", "ITEM_BLOCKLIST",
+    "ITEM_EMBEDDINGS",
     "MODEL_REGISTRY", "PUBLISHED_RUNS", "QUARANTINE", "RATIONALES", "RECOMMENDATIONS", "TRAINING_SAMPLES",
     "USER_HISTORIES", "SchemaMismatch", "TableSpec", "conform",
 ]

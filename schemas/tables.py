@@ -285,10 +285,24 @@ MODEL_REGISTRY = TableSpec(
     description="Every trained model; exactly one row has status 'champion', the one scoring uses.",
 )
 
+ITEM_BLOCKLIST = TableSpec(
+    name="item_blocklist",
+    schema=StructType([
+        _f("item_id", _S, False),
+        _f("reason", _S),
+        _f("added_at", _TS, False),
+    ]),
+    key=("item_id",),
+    description="Items never to recommend to anyone (legal, quality, business); read by "
+                "jobs/score.py at every run, written by whoever owns the rule.",
+)
+
+
 ALL_TABLES: dict[str, TableSpec] = {
     t.name: t
     for t in (
         INTERACTIONS, ITEMS, QUARANTINE, USER_HISTORIES, TRAINING_SAMPLES, ITEM_EMBEDDINGS,
         RECOMMENDATIONS, RATIONALES, PUBLISHED_RUNS, EVALUATIONS, EVAL_RANKINGS, MODEL_REGISTRY,
+        ITEM_BLOCKLIST,
     )
 }

@@ -169,3 +169,25 @@ def test_test_time_scaling_averages_normalised_states(r2ec, data):
 
     assert [eval_mode(False), eval_mode(True), eval_mode(True, 8, 1.0)] == [
         "no_reasoning", "greedy_reasoning", "reasoning_x8_t1"]
+
+
+def test_a_new_item_without_an_id_token_is_embedded_and_recommendable(r2ec, data):
+    """An item added to the catalogue after the tokenizer was built has no <i{id}> token: its
+    prompt is its text alone, it gets an embedding, and a user state near it finds it."""
+    from r2ec.index import ItemIndex
+    from r2ec.prompts import item_token
+
+    catalog, _ = data
+    new = "990001"
+    assert item_token(new) not in r2ec.tokenizer.get_vocab()
+    assert item_token(catalog.ids[0]) in r2ec.tokenizer.get_vocab()  # the old ones have one
+    ids = [*catalog.ids, new]
+    prompts = r2ec.item_prompts(ids, [*catalog.titles, "A Brand New Film (2026)"],
+                                [*catalog.attributes, {"genres": "Drama"}])
+    assert "A Brand New Film" in r2ec.tokenizer.decode(prompts[-1])
+    assert "<i" not in r2ec.tokenizer.decode(prompts[-1])  # no item-id token
+    vectors = r2ec.encode_items(prompts)
+    assert np.isfinite(vectors[-1]).all() and np.abs(vectors[-1]).sum() > 0
+    index = ItemIndex(ids, vectors, model_version=r2ec.model_version, tau=r2ec.tau)
+    found, _ = index.search(vectors[-1:] + 1e-3 * vectors.std(), 3, exclude=[[]])
+    assert found[0][0] == new

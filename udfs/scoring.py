@@ -49,6 +49,10 @@ class ScoringSettings:
     threads: int = 1
     chunk_size: int = 64
     popular: tuple[str, ...] = ()
+    # business rules: never recommended to anyone (blocklist, unavailable), and the name of a
+    # per-user column of further items never to recommend (everything the user ever saw)
+    blocked: tuple[str, ...] = ()
+    exclude_column: str | None = None
     key_column: str = "user_id"
     ref_column: str = "ref_ts"
 
@@ -117,7 +121,10 @@ def recommend_partition(batches: Iterator[pd.DataFrame], settings: ScoringSettin
             part = pdf.iloc[start: start + settings.chunk_size]
             results = rec.recommend(histories(part), times(part[settings.ref_column]),
                                     top_k=settings.top_k, reasoning=settings.reasoning,
-                                    samples=settings.samples, sampling=sampling)
+                                    samples=settings.samples, sampling=sampling,
+                                    exclude=[list(x) for x in part[settings.exclude_column]]
+                                    if settings.exclude_column else None,
+                                    blocked=settings.blocked)
             yield pd.DataFrame({
                 "key": part[settings.key_column].astype(str).to_numpy(),
                 "history_hash": part["history_hash"].to_numpy() if "history_hash" in part
