@@ -147,11 +147,17 @@ def ensure_table(spark: SparkSession, warehouse: str | Path, spec: TableSpec) ->
         # Two jobs creating the same new table at once (the fine-tuning DAG's parallel
         # evaluations): both see no table, both try to commit version 0, and the loser fails
         # with ProtocolChanged or FileAlreadyExists depending on timing. The winner created the
-        # same table, so the loser carries on with it; anything else is a real error.
-        if not DeltaTable.isDeltaTable(spark, table_path(warehouse, spec)):
-            raise
-        log.info("%s: created by a concurrent job; using it", spec.name)
-        return DeltaTable.forPath(spark, table_path(warehouse, spec))
+        # same table, so the loser carries on with it. The winner's folder can exist before its
+        # first commit does ("location is not empty and not a Delta table"), so wait a while for
+        # that commit; a location that never becomes a table is a real error.
+        for _ in range(40):
+            # this JVM cached the table's log as empty when its own create began: drop that
+            spark._jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()
+            if DeltaTable.isDeltaTable(spark, table_path(warehouse, spec)):
+                log.info("%s: created by a concurrent job; using it", spec.name)
+                return DeltaTable.forPath(spark, table_path(warehouse, spec))
+            time.sleep(0.5)
+        raise
 
 
 def _is_conflict(e: Exception) -> bool:
