@@ -23,7 +23,9 @@ when backfilled.
    nightly DAG scores with the champion from its next run.
 
 6. **maintain_tables** (beside the rest): OPTIMIZE every table (Z-ordered by the columns
-   readers filter on) and VACUUM it, keeping time travel for `retention_hours` (default 7 days).
+   readers filter on) and VACUUM it, keeping time travel for `retention_hours` (default 7 days);
+   then **register_tables**: every table (new ones too) named in the catalog with its comments,
+   and the analysts' views (a no-op when all is registered).
 
 Training, embedding and evaluation run in the pool `r2ec_gpu` shared with nightly scoring (see
 the nightly DAG's notes); a failed task calls the failure callback described there.
@@ -126,7 +128,7 @@ with DAG(
         retries=0,  # the same evaluations give the same decision
         pool="default_pool",
     )
-    BashOperator(
+    maintain = BashOperator(
         task_id="maintain_tables",
         doc_md="Compact (Z-ordered by the columns readers filter on) and VACUUM every table, "
                "keeping time travel for `retention_hours`; independent of the training.",
@@ -134,5 +136,12 @@ with DAG(
                       f"{{{{ params.retention_hours }}}} {WH}"),
         pool="default_pool",
     )
+    register = BashOperator(
+        task_id="register_tables",
+        doc_md="Name every table in the catalog with its comments, plus the analysts' views.",
+        bash_command=f"{SUBMIT} jobs/register_tables.py {WH}",
+        pool="default_pool",
+    )
+    maintain >> register
     samples >> train >> embed >> [eval_candidate, eval_champion] >> promote
     samples >> eval_champion

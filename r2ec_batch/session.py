@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from r2ec_batch import storage
 from r2ec_batch.cli import JobError
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,13 @@ def build_spark(
     shuffle_partitions: int | None = None,
     extra_conf: dict[str, str] | None = None,
     quiet: bool = False,
+    metastore: str | None = None,
 ) -> SparkSession:
-    """Get or create the Spark session with Delta enabled (see the module docstring)."""
+    """Get or create the Spark session with Delta enabled (see the module docstring).
+
+    `metastore`: a local folder for an embedded Hive metastore (Derby) that keeps table names
+    across sessions (jobs/register_tables.py, jobs/sql.py); None = the session's own catalog
+    (in-memory locally; the platform's Hive metastore, Glue or Unity Catalog on a cluster)."""
     if _local_intent(master):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     # Python workers must run this interpreter (the venv with pandas, torch, ...), not `python3`;
@@ -83,6 +89,8 @@ def build_spark(
         conf["spark.ui.enabled"] = "false"
         conf["spark.ui.showConsoleProgress"] = "false" if quiet else "true"
         conf["spark.driver.memory"] = os.environ.get("R2EC_DRIVER_MEMORY", "4g")
+    if metastore:
+        conf.update(hive_metastore_conf(metastore))
     conf.update(extra_conf or {})
     for k, v in conf.items():
         builder = builder.config(k, v)
@@ -102,6 +110,11 @@ def build_spark(
             "spark-submit --jars .jars/delta-spark_4.2_2.13-4.4.0.jar,.jars/delta-storage-4.4.0.jar "
             "(or --packages io.delta:delta-spark_4.2_2.13:4.4.0)"
         )
+    if metastore:
+        # Derby writes derby.log into the working directory unless told otherwise; the Hive
+        # client starts on the first catalog call, after this.
+        spark._jvm.java.lang.System.setProperty(
+            "derby.stream.error.file", str(Path(metastore).resolve() / "derby.log"))
     got = spark.sparkContext.getConf()
     if _is_local(spark.sparkContext.master):
         # The data of one machine is small: few shuffle partitions, and Delta rebuilds table
@@ -114,6 +127,41 @@ def build_spark(
         spark.conf.set("spark.sql.shuffle.partitions", str(shuffle_partitions))
     spark.sparkContext.setLogLevel(os.environ.get("R2EC_SPARK_LOG_LEVEL", "WARN"))
     return spark
+
+
+def metastore_arguments(p) -> None:
+    """The catalog flags of jobs/register_tables.py and jobs/sql.py (one meaning for both)."""
+    p.add_argument("--schema", default="r2ec", help="database / schema of the table names")
+    p.add_argument("--catalog", default=None,
+                   help="catalog of a three-level namespace (Unity Catalog: main); default: the "
+                        "session's current catalog")
+    p.add_argument("--metastore", default=None,
+                   help="folder of the embedded Hive metastore, or 'none' for the session's own "
+                        "catalog (default: $R2EC_METASTORE, else <warehouse>/_metastore for a "
+                        "local warehouse, else none)")
+
+
+def resolve_metastore(arg: str | None, warehouse: str) -> str | None:
+    """--metastore, then $R2EC_METASTORE, then <warehouse>/_metastore for a local warehouse."""
+    value = arg or os.environ.get("R2EC_METASTORE")
+    if not value and storage.is_local(warehouse):
+        value = str(storage.local_path(storage.join(warehouse, "_metastore")))
+    return None if value in (None, "", "none") else value
+
+
+def hive_metastore_conf(folder: str) -> dict[str, str]:
+    """Settings for an embedded Hive metastore in `folder`: Spark's bundled Hive client with a
+    Derby database, created on first use. Derby admits one process at a time, which suits one
+    machine's jobs run one after the other; a team shares a real metastore instead."""
+    root = Path(folder).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return {
+        "spark.sql.catalogImplementation": "hive",
+        "spark.hadoop.javax.jdo.option.ConnectionURL":
+            f"jdbc:derby:;databaseName={root / 'metastore_db'};create=true",
+        # Only external tables are registered; managed ones (none) would land here.
+        "spark.sql.warehouse.dir": str(root / "managed"),
+    }
 
 
 def _local_intent(master: str | None) -> bool:

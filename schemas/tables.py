@@ -11,7 +11,7 @@ item ids to rows of its item table itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pyspark.sql.types import (
     ArrayType,
@@ -35,7 +35,6 @@ class TableSpec:
     key: tuple[str, ...]
     partition_by: tuple[str, ...] = ()
     description: str = ""
-    columns_doc: dict[str, str] = field(default_factory=dict)
     # Columns readers filter on inside a partition (one user's lists, one sample's ranking):
     # jobs/maintain_tables.py Z-orders the files by them, so such a read skips most files.
     cluster_by: tuple[str, ...] = ()
