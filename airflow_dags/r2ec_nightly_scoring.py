@@ -18,7 +18,9 @@ no event after D.
    against `user_histories`, one model) and only then publishes it: one commit to
    `published_runs` makes its recommendations and rationales visible together. A failed audit
    publishes nothing (readers keep the previous run) and is not retried: the same rows would
-   fail again.
+   fail again;
+6. **report**: the HTML report of the run just published (accuracy over time, list and input
+   health, three example users) at `<warehouse>/_reports/{{ ds }}-<variant>.html`.
 
 Variants: trigger with `-c '{"variant": "challenger", "model": "models/x/best"}'` to score and
 publish a challenger for a date beside the champion (`variant` is in the output tables' key).
@@ -123,4 +125,11 @@ with DAG(
         bash_command=f"{SUBMIT} jobs/publish.py {run} --model {{{{ params.model }}}} {WH}",
         retries=0,  # a failed audit is deterministic: retrying would fail the same way
     )
-    ingest >> histories >> embed >> score >> publish
+    report = BashOperator(
+        task_id="report",
+        doc_md="The HTML report of the published run, under `<warehouse>/_reports/`.",
+        bash_command=(f"{SUBMIT} jobs/report.py --run-date {{{{ ds }}}} --variant "
+                      f"{{{{ params.variant }}}} --html {_v('r2ec_warehouse', 'warehouse')}"
+                      f"/_reports/{{{{ ds }}}}-{{{{ params.variant }}}}.html {WH}"),
+    )
+    ingest >> histories >> embed >> score >> publish >> report

@@ -1,8 +1,11 @@
 """Print where the pipeline's output is and what it says: the metrics table of the champion,
-and one user's recommendations with titles and rationale. Reads Delta with deltalake (no Spark),
-the way an analyst's notebook would.
+and one user's recommendations with titles and rationale; with --html, also write the HTML
+report (plots of accuracy over time, list and input health, three example users; see
+`r2ec_batch/report_html.py`). Reads Delta with deltalake (no Spark), the way an analyst's
+notebook would.
 
     .venv/bin/python jobs/report.py --warehouse warehouse
+    .venv/bin/python jobs/report.py --warehouse warehouse --html warehouse/_reports/latest.html
 """
 
 from __future__ import annotations
@@ -43,8 +46,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--warehouse", default="warehouse", help="a folder or a URI (s3a://bucket/wh)")
     p.add_argument("--user", help="user to show (default: the first one)")
+    p.add_argument("--html", help="also write the HTML report to this file / URI")
+    p.add_argument("--variant", default="champion", help="variant the HTML report is about")
+    p.add_argument("--run-date", help="HTML report: the latest published run up to this date "
+                                      "(YYYY-MM-DD; default: the latest)")
     a = p.parse_args(argv)
     wh = storage.resolve(a.warehouse)
+    if a.html:
+        from r2ec_batch.report_html import render
+
+        html, shown = render(wh, variant=a.variant, run_date=a.run_date)
+        where = storage.write_text(storage.resolve(a.html), html)
+        print(f"HTML report ({len(shown['figures'])} plots, {len(html) / 1e6:.1f} MB): {where}")
     reg = _table(wh, "model_registry")
     champ = reg[reg["status"] == "champion"].iloc[0] if reg is not None and len(reg) else None
     print(f"\nDelta tables under {wh}:")

@@ -138,6 +138,22 @@ def read_text(location: str) -> str:
         return f.read()
 
 
+def write_text(location: str, text: str) -> str:
+    """Write a file whole: locally through a temporary file and a rename, so a reader never
+    sees half a file; remotely in one upload (object stores show a file only when complete)."""
+    if is_local(location):
+        p = local_path(location)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, p)
+        return str(p)
+    fs, path = filesystem(location)
+    with fs.open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return resolve(location)
+
+
 def publish_dir(local_dir: str | Path, location: str, last: str | None = None) -> str:
     """Make `location` hold exactly the files of `local_dir`.
 

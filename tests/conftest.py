@@ -140,3 +140,19 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     build(items, samples, out, DefaultModelConfig(hidden_size=64, num_heads=2, head_dim=32,
                                                   intermediate_size=128, vocab_size=600))
     return out
+
+
+@pytest.fixture(scope="session")
+def evaluated(scored, tmp_path_factory) -> Path:
+    """A copy of the `scored` warehouse with a small evaluation too (what an analyst's warehouse
+    holds after a night and a fine-tuning run): the report and catalog tests read it. A copy, so
+    the tests that count rows of the shared one are not affected."""
+    import shutil
+
+    from r2ec_batch.jobs import evaluate
+
+    wh = tmp_path_factory.mktemp("evaluated") / "wh"
+    shutil.copytree(scored[0], wh)
+    assert evaluate.main(["--warehouse", str(wh), "--split", "valid", "--limit", "120",
+                          "--max-new-tokens", "6"]) == 0
+    return wh

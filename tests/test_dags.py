@@ -90,6 +90,8 @@ def test_graphs_schedules_retries_and_templates(airflow_env):
     t = nightly["tasks"]
     assert t["build_histories"]["up"] == ["ingest"] and t["embed_items"]["up"] == ["build_histories"]
     assert t["score"]["up"] == ["embed_items"] and t["publish"]["up"] == ["score"]
+    assert t["report"]["up"] == ["publish"] and "--html" in t["report"]["cmd"]
+    assert "_reports/{{ ds }}-{{ params.variant }}.html" in t["report"]["cmd"]
     assert all(x["retries"] == 2 and x["delay"] == 300 for k, x in t.items() if k != "publish")
     assert t["publish"]["retries"] == 0  # a failed audit is not retried
     assert "--as-of {{ ds }}" in t["build_histories"]["cmd"]
@@ -105,6 +107,7 @@ def test_graphs_schedules_retries_and_templates(airflow_env):
     assert u["maintain_tables"]["up"] == [] and \
         "jobs/maintain_tables.py --retention-hours {{ params.retention_hours }}" in \
         u["maintain_tables"]["cmd"]
+    assert u["register_tables"]["up"] == ["maintain_tables"]
     assert "--as-of {{ (data_interval_end - macros.timedelta(days=1)) | ds }}" in \
         u["training_samples"]["cmd"]
 
@@ -215,6 +218,8 @@ def test_nightly_dag_runs_end_to_end_and_rerun_changes_nothing(airflow_env, slic
     assert recs["user_id"].nunique() == 200 and len(recs) == 200 * 5
     rats = published(str(wh), "rationales")
     assert len(rats) == 200 and (rats["tokens"] <= 4).all()
+    report = (wh / "_reports" / "2026-01-02-champion.html").read_text(encoding="utf-8")
+    assert runs["run_id"].iloc[0] in report and "Three users" in report  # the run just published
     key = ["run_date", "user_id", "rank"]
     cols = key + ["item_id", "model_version"]
     before = recs.sort_values(key).reset_index(drop=True)
