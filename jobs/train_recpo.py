@@ -5,6 +5,12 @@ method), then register the result.
     bin/r2ec-submit jobs/train_recpo.py --stage warmstart --model models/default-init --out models/ws
     bin/r2ec-submit jobs/train_recpo.py --stage recpo --model champion --out models/recpo --max-minutes 30
     bin/r2ec-submit jobs/train_recpo.py --stage recpo --model champion --out models/recpo --resume
+    .venv/bin/accelerate launch --multi_gpu --num_processes 4 jobs/train_recpo.py --stage recpo ...
+
+Several GPUs: one process per GPU (`accelerate launch` or `torchrun`), each with its own local
+Spark session reading the same training_samples version; every step's batch is split between
+them and the gradients averaged (`r2ec/distributed.py`), so per-step batch flags are per
+process. The main process validates, saves, evaluates and registers; the others only train.
 
 Every knob of both stages is a flag (see --help). The best checkpoint by valid NDCG@10 is kept in
 OUT/best, its config in OUT/train_config.json, the metrics in OUT/metrics.jsonl; the model is
@@ -57,8 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     cli.setup_logging(a.verbose)
     import torch
 
+    from r2ec import distributed
     from r2ec.data import Catalog
     from r2ec.model import R2ec
+
+    rank, world = distributed.world()
+    if world > 1 and not storage.is_local(a.out):
+        raise cli.JobError("a multi-process run needs a local --out (shared by its processes)")
+    a.device = distributed.local_device(a.device)
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -66,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     items = delta_io.read(spark, a.warehouse, ITEMS).select("item_id", "title", "attributes").toPandas()
     # One snapshot of training_samples for the whole run, recorded with the model.
     data_version = delta_io.version(spark, a.warehouse, TRAINING_SAMPLES)
+    if world > 1:  # every process trains on the version the main process saw
+        data_version = distributed.from_main(data_version)
     samples = (spark.read.format("delta").option("versionAsOf", data_version)
                .load(delta_io.table_path(a.warehouse, TRAINING_SAMPLES))
                .filter(F.col("split") != "test"))
@@ -82,7 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     log.info("training %s from %s (%s) on %d train / %d valid samples", a.stage, start.location,
              r2ec.model_version, len(train), len(valid))
     with storage.output_dir(a.out) as out:
-        metrics, summary, cfg, manifest = _train(a, r2ec, start.location, catalog, train, valid, out)
+        done = _train(a, r2ec, start.location, catalog, train, valid, out, main=rank == 0)
+    if done is None:
+        return 0  # not the main process: it trained its share, the main one does the rest
+    metrics, summary, cfg, manifest = done
     best_location = storage.join(a.out, "best")
     if a.register != "none":
         registry.register(spark, a.warehouse, manifest, best_location, a.register,
@@ -97,9 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _train(a, r2ec, start_location: str, catalog, train, valid, out: Path):
+def _train(a, r2ec, start_location: str, catalog, train, valid, out: Path, main: bool = True):
     """Run the stage into the local folder `out`; (valid metrics, summary, config, manifest of
-    the best checkpoint)."""
+    the best checkpoint), or None on a process other than the main one."""
     from r2ec import checkpoint
     from r2ec.config import SamplingConfig
     from r2ec.model import R2ec
@@ -117,10 +134,13 @@ def _train(a, r2ec, start_location: str, catalog, train, valid, out: Path):
 
         cfg = cli.dataclass_from_args(a, RecPOConfig, "rl_")
         reasoning = True
-    (out / "train_config.json").write_text(json.dumps(
-        {"stage": a.stage, "from": start_location, "config": asdict(cfg)}, indent=2))
+    if main:
+        (out / "train_config.json").write_text(json.dumps(
+            {"stage": a.stage, "from": start_location, "config": asdict(cfg)}, indent=2))
     summary = run(r2ec, catalog, train, valid, cfg, out, resume=a.resume)
     log.info("training finished: %s", summary)
+    if not main:
+        return None
 
     best = R2ec.load(out / "best", device=a.device)
     res_metrics = summary.pop("best_valid_metrics", None)

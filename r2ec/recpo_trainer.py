@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
-from r2ec import recpo
+from r2ec import distributed, recpo
 from r2ec.data import Catalog, histories, times
 from r2ec.model import R2ec
 from r2ec.modeling import forward_tail, last_token_states, pad_batch
@@ -68,7 +68,7 @@ def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_sampl
     set_seed(cfg.seed)
     r2ec.set_model(apply_lora(r2ec.model, cfg.lora))
     model = r2ec.model
-    order = EpochOrder(len(train_samples), cfg.users_per_step, cfg.seed)
+    order = EpochOrder(len(train_samples), cfg.users_per_step, cfg.seed, *distributed.world())
     item_prompts = r2ec.item_prompts(catalog.ids, catalog.titles, catalog.attributes)
     table = ItemTable(r2ec, item_prompts)
     pad, G, device = r2ec.tokenizer.pad_token_id, cfg.group_size, r2ec.device
@@ -85,7 +85,7 @@ def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_sampl
         prompts = r2ec.user_prompts(histories(batch), times(batch["target_ts"]))
         # A seed per step: rollouts differ between steps and replay identically after a resume
         # (the authors pass seed=42 on every call, so their samples repeat across steps).
-        seed = cfg.seed * 1_000_003 + step * cfg.grad_accum + micro
+        seed = cfg.seed * 1_000_003 + step * cfg.grad_accum + micro + 7_919 * order.rank
         gens = r2ec.reason(prompts, n=G, sampling=replace(cfg.rollout_sampling, seed=seed))
         ids, mask, action = rollout_batch(r2ec, prompts, gens, device)
         keep = min(ids.shape[1], cfg.max_new_tokens + 2)

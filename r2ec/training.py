@@ -127,25 +127,35 @@ def evaluate_r2ec(r2ec: R2ec, samples: pd.DataFrame, catalog: Catalog, reasoning
 
 
 class EpochOrder:
-    """A seeded permutation per epoch and a cursor: its state_dict resumes the exact order."""
+    """A seeded permutation per epoch and a cursor: its state_dict resumes the exact order.
+    With several processes (`r2ec.distributed`) every process walks the same permutation and a
+    step's global batch of `batch_size * world` is split between them: process `rank` takes the
+    rank-th block. Then an epoch ends early rather than hand a process an empty block."""
 
-    def __init__(self, n: int, batch_size: int, seed: int):
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        if world > 1 and n < batch_size * world:
+            raise ValueError(f"{n} examples cannot fill one step of {world} processes x "
+                             f"{batch_size}")
         self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world = rank, world
         self.epoch, self.cursor = 0, 0
 
     def _perm(self) -> np.ndarray:
         return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
 
     def next_batch(self) -> np.ndarray:
-        if self.cursor >= self.n:
+        span = self.batch_size * self.world
+        if self.cursor >= self.n or (self.world > 1 and self.cursor + span > self.n):
             self.epoch, self.cursor = self.epoch + 1, 0
-        idx = self._perm()[self.cursor: self.cursor + self.batch_size]
-        self.cursor += self.batch_size
+        start = self.cursor + self.rank * self.batch_size
+        idx = self._perm()[start: start + self.batch_size]
+        self.cursor += span
         return idx
 
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(self.n / self.batch_size)
+        span = self.batch_size * self.world
+        return math.ceil(self.n / span) if self.world == 1 else self.n // span
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "cursor": self.cursor, "n": self.n, "seed": self.seed}
@@ -226,14 +236,13 @@ def run_loop(r2ec: R2ec, cfg, *, stage: str, out_dir: Path, steps_per_epoch: int
     Returns the run summary."""
     from accelerate import Accelerator
 
+    from r2ec import distributed
+
     acc = Accelerator(cpu=r2ec.device.type == "cpu")
-    if acc.num_processes > 1:
-        # Under `accelerate launch` / torchrun every rank would read all the data, refresh its
-        # own item table and write the same checkpoints: N copies of one run, not one run N
-        # times faster. Refuse rather than do that quietly.
-        raise RuntimeError(f"{acc.num_processes} processes: training runs as one process on "
-                           "one device (one GPU, or the CPU); data-parallel training is not "
-                           "supported yet")
+    parallel, main = acc.num_processes > 1, acc.is_main_process
+    if parallel and not all(isinstance(x, EpochOrder) and x.world == acc.num_processes
+                            for x in state if isinstance(x, EpochOrder)):
+        raise RuntimeError("the data order is not split between the processes")
     model = r2ec.model
     if getattr(cfg, "gradient_checkpointing", False):
         # Non-reentrant checkpointing needs no input that requires grad, so it works under
@@ -241,41 +250,53 @@ def run_loop(r2ec: R2ec, cfg, *, stage: str, out_dir: Path, steps_per_epoch: int
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                             betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay)
-    model, opt = acc.prepare(model, opt)
     counter = StepCounter(patience=cfg.patience)
     acc.register_for_checkpointing(counter, *state)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if parallel:
+        # Not wrapped in DistributedDataParallel (see r2ec/distributed.py): gradients are
+        # averaged explicitly; model and optimiser are saved and resumed as plain state.
+        acc.register_for_checkpointing(model, opt)
+    else:
+        model, opt = acc.prepare(model, opt)
     state_dir = out_dir / "state"
     if resume and state_dir.is_dir():
         acc.load_state(str(state_dir))
         log.info("resumed at step %d (%.1f min trained)", counter.step, counter.elapsed_s / 60)
     total = max(1, int(cfg.epochs * steps_per_epoch / cfg.grad_accum))
     budget = 60.0 * cfg.max_minutes
-    metrics_log = MetricsLog(out_dir / "metrics.jsonl")
+    metrics_log = MetricsLog(out_dir / "metrics.jsonl") if main else None
     best_metrics: dict = {}
     best_step = [-1]  # the step whose checkpoint is in out_dir/best (0: the starting weights)
 
     def evaluate_now() -> bool:
-        metrics = validate()
-        metrics_log.write(step=counter.step, split="valid", train_s=round(counter.elapsed_s, 1),
-                          **metrics)
+        # The main process validates; the others take its result, so all decide alike.
+        metrics = validate() if main else None
+        if parallel:
+            metrics = distributed.from_main(metrics)
+        if main:
+            metrics_log.write(step=counter.step, split="valid",
+                              train_s=round(counter.elapsed_s, 1), **metrics)
         previous = counter.best
         improved, stop = counter.update(metrics["ndcg@10"])
         if improved:
             best_metrics.clear()
             best_metrics.update(metrics)
             best_step[0] = counter.step
-        log.info("step %d: valid NDCG@10 %.4f (best %.4f)", counter.step, metrics["ndcg@10"],
-                 max(previous, 0.0))
-        if improved:
+        if main:
+            log.info("step %d: valid NDCG@10 %.4f (best %.4f)", counter.step, metrics["ndcg@10"],
+                     max(previous, 0.0))
+        if improved and main:
             r2ec.save(out_dir / "best", stage=stage, extra={
                 f"{stage}_config": asdict(cfg), "step": counter.step,
                 "valid_ndcg@10": metrics["ndcg@10"]})
+        acc.wait_for_everyone()
         return stop
 
     if validate_first and counter.best < 0:
         evaluate_now()
     stopped = "steps"
-    bar = progress_bar(total, stage, disable=not progress, initial=counter.step)
+    bar = progress_bar(total, stage, disable=not (progress and main), initial=counter.step)
     while counter.step < total and not (cfg.max_steps and counter.step >= cfg.max_steps):
         step = counter.step
         started = time.time()
@@ -291,6 +312,8 @@ def run_loop(r2ec: R2ec, cfg, *, stage: str, out_dir: Path, steps_per_epoch: int
             loss, info = step_fn(step, micro)
             acc.backward(loss / cfg.grad_accum)
             infos.append({"loss": loss.item(), **info})
+        if parallel:
+            distributed.average_gradients(trainable)
         acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         logged = after_step(step, infos) if after_step else {}
@@ -298,12 +321,16 @@ def run_loop(r2ec: R2ec, cfg, *, stage: str, out_dir: Path, steps_per_epoch: int
             torch.cuda.synchronize()  # the step's kernels are done: its time is its own
         counter.step += 1
         counter.elapsed_s += time.time() - started  # training time: validations not counted
+        if parallel:  # the main process's clock decides the time budget for all
+            counter.elapsed_s = distributed.from_main(counter.elapsed_s)
         bar.update(1)
         loss_mean = sum(i["loss"] for i in infos) / len(infos)
         bar.set_postfix(loss=f"{loss_mean:.3f}", refresh=False)
         scalars = {k: v for i in infos for k, v in i.items() if isinstance(v, (int, float))}
-        metrics_log.write(step=counter.step, lr=opt.param_groups[0]["lr"], progress=round(frac, 4),
-                          train_s=round(counter.elapsed_s, 3), **scalars, **logged)
+        if main:
+            metrics_log.write(step=counter.step, lr=opt.param_groups[0]["lr"],
+                              progress=round(frac, 4), train_s=round(counter.elapsed_s, 3),
+                              **scalars, **logged)
         over_time = budget and counter.elapsed_s > budget
         last = counter.step == total or over_time or counter.step == cfg.max_steps
         if (counter.step % cfg.eval_every == 0 or last) and evaluate_now():
@@ -316,6 +343,7 @@ def run_loop(r2ec: R2ec, cfg, *, stage: str, out_dir: Path, steps_per_epoch: int
             break
     bar.close()
     acc.save_state(str(state_dir))
+    acc.wait_for_everyone()
     return {"steps": counter.step, "best_valid_ndcg@10": counter.best, "stopped_by": stopped,
             "minutes": counter.elapsed_s / 60, "best_dir": str(out_dir / "best"),
             "best_valid_metrics": best_metrics, "best_step": best_step[0]}

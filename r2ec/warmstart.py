@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
+from r2ec import distributed
 from r2ec.config import SamplingConfig
 from r2ec.data import Catalog, _rating, _to_datetime, histories
 from r2ec.model import R2ec
@@ -176,7 +177,7 @@ def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_sampl
     windows = user_windows(train_samples, catalog, cfg.window, cfg.stride)
     n_targets = sum(len(w.counted) for w in windows)
     log.info("%d packed windows carry %d train targets", len(windows), n_targets)
-    order = EpochOrder(len(windows), cfg.windows_per_step, cfg.seed)
+    order = EpochOrder(len(windows), cfg.windows_per_step, cfg.seed, *distributed.world())
     item_prompts = r2ec.item_prompts(catalog.ids, catalog.titles, catalog.attributes)
     pad, device = r2ec.tokenizer.pad_token_id, r2ec.device
     tags = [item_tags(a) for a in catalog.attributes]
@@ -242,7 +243,7 @@ def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_sampl
                             item_prompts=item_prompts)
         return res.metrics
 
-    steps_per_epoch = max(1, round(len(windows) / cfg.windows_per_step))
+    steps_per_epoch = max(1, round(len(windows) / (cfg.windows_per_step * order.world)))
     return run_loop(r2ec, cfg, stage="warmstart", out_dir=out_dir, steps_per_epoch=steps_per_epoch,
                     step_fn=step_fn, validate=validate, state=[order], resume=resume,
                     progress=progress)

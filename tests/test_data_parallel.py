@@ -1,0 +1,60 @@
+"""Data-parallel training (r2ec/distributed.py) for real: two CPU processes with gloo, started
+by torchrun as `accelerate launch` starts one per GPU. Each trains on its own share of every
+step's batch; the averaged gradients must keep the two copies of the model identical."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from r2ec.model import R2ec
+from r2ec.training import EpochOrder
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_order_splits_each_step_between_processes_and_resumes():
+    one = EpochOrder(20, 6, seed=3)
+    shards = [EpochOrder(20, 3, seed=3, rank=r, world=2) for r in range(2)]
+    for _ in range(3):  # 20 // 6 = 3 full global batches per epoch
+        whole = one.next_batch().tolist()
+        parts = [s.next_batch().tolist() for s in shards]
+        assert parts[0] + parts[1] == whole and not set(parts[0]) & set(parts[1])
+    assert shards[0].steps_per_epoch == 3
+    assert shards[0].next_batch().tolist() != whole  # a new epoch, never an empty share
+    assert shards[0].epoch == 1 and shards[0].cursor == 6
+    again = EpochOrder(20, 3, seed=3, rank=1, world=2)
+    again.load_state_dict(shards[1].state_dict())
+    assert again.next_batch().tolist() == shards[1].next_batch().tolist()
+
+
+def test_two_processes_train_one_model(tiny_model_dir, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2",
+         str(REPO / "tests" / "data_parallel_child.py"), str(tiny_model_dir), str(tmp_path)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-6000:])
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
+    assert r0["world"] == r1["world"] == 2
+    assert not set(sum(r0["batches"], [])) & set(sum(r1["batches"], []))  # different data...
+    for name, p in r0["params"].items():  # ...one model: identical to the last bit
+        assert torch.equal(p, r1["params"][name]), name
+    # the warm start moved the full weights; RecPO moved its LoRA adapters (B starts at 0)
+    start = dict(R2ec.load(tiny_model_dir, device="cpu").model.named_parameters())
+    now = {n.replace("base_model.model.", "").replace(".base_layer", ""): p
+           for n, p in r0["params"].items()}
+    assert not torch.equal(now["model.embed_tokens.weight"], start["model.embed_tokens.weight"])
+    assert any(p.abs().sum() > 0 for n, p in now.items() if "lora_B" in n)
+    assert r0["summaries"][0]["steps"] == 4 and r0["summaries"][1]["steps"] == 2
+    # only the main process writes: one log line per step and validation, one best checkpoint
+    for stage, steps in (("ws", 4), ("rl", 2)):
+        lines = [json.loads(x) for x in (tmp_path / stage / "metrics.jsonl").read_text().splitlines()]
+        assert [x["step"] for x in lines if "split" not in x] == list(range(1, steps + 1))
+        assert (tmp_path / stage / "best" / "manifest.json").is_file()
