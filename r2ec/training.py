@@ -248,11 +248,11 @@ def run_loop(r2ec: R2ec, cfg, *, stage: str, out_dir: Path, steps_per_epoch: int
         # Non-reentrant checkpointing needs no input that requires grad, so it works under
         # LoRA (frozen embeddings) without peft's enable_input_require_grads hook.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                            betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, betas=(0.9, cfg.beta2),
+                            weight_decay=cfg.weight_decay)
     counter = StepCounter(patience=cfg.patience)
     acc.register_for_checkpointing(counter, *state)
-    trainable = [p for p in model.parameters() if p.requires_grad]
     if parallel:
         # Not wrapped in DistributedDataParallel (see r2ec/distributed.py): gradients are
         # averaged explicitly; model and optimiser are saved and resumed as plain state.
