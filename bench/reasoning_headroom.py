@@ -10,8 +10,11 @@ top-k 50), and reports NDCG@10 of each, the mean over sampled reasonings, the me
 G reasonings (test-time scaling), and the oracle: per sample, the best of its G reasonings,
 chosen knowing the target. RecPO raises the probability of the better rollouts of a group, so
 its policy can at most approach that oracle (the best of G of its own samples); when the oracle
-is close to greedy, no amount of RecPO training makes reasoning matter. It also counts groups
-whose G reasonings leave the target at the same rank (no signal for GRPO at all).
+is close to greedy, no amount of RecPO training makes reasoning matter. The placebo oracle is
+the control: the best of G random moves of the greedy state, each as large as the move of one
+sampled reasoning. What the oracle gains beyond it is what the reasonings' directions carry;
+the rest is luck of the draw. It also counts groups whose G reasonings leave the target at the
+same rank (no signal for GRPO at all).
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ def ndcg10(ranks: np.ndarray) -> np.ndarray:
     return np.where(ranks <= 10, 1.0 / np.log2(ranks + 1.0), 0.0)
 
 
+def _unit(h: np.ndarray) -> np.ndarray:
+    return h / np.maximum(np.linalg.norm(h, axis=1, keepdims=True), 1e-12)
+
+
 def headroom(r2ec: R2ec, samples, catalog: Catalog, group: int, temperature: float,
              max_new_tokens: int, batch_size: int = 128, seed: int = 1) -> dict:
     """Per-sample target ranks for none / greedy / G sampled reasonings / their mean state."""
@@ -46,7 +53,9 @@ def headroom(r2ec: R2ec, samples, catalog: Catalog, group: int, temperature: flo
     greedy_cfg = SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens)
     sample_cfg = SamplingConfig(temperature=temperature, top_k=50, max_new_tokens=max_new_tokens,
                                 seed=seed)
-    ranks: dict[str, list[np.ndarray]] = {"none": [], "greedy": [], "sampled": [], "mean_state": []}
+    rng = np.random.default_rng(seed)
+    ranks: dict[str, list[np.ndarray]] = {"none": [], "greedy": [], "sampled": [], "mean_state": [],
+                                          "placebo": []}
     for start in progress_bar(iterable=range(0, len(samples), batch_size),
                               desc=f"T={temperature:g}"):
         batch = samples.iloc[start: start + batch_size]
@@ -60,14 +69,21 @@ def headroom(r2ec: R2ec, samples, catalog: Catalog, group: int, temperature: flo
 
         ranks["none"].append(rank(r2ec.user_state(prompts, None)))
         greedy = r2ec.reason(prompts, 1, greedy_cfg)
-        ranks["greedy"].append(rank(r2ec.user_state(prompts, [g[0] for g in greedy])))
+        g_unit = _unit(r2ec.user_state(prompts, [g[0] for g in greedy]))
+        ranks["greedy"].append(rank(g_unit))
         gens = r2ec.reason(prompts, group, sample_cfg)
-        per, unit = [], []
+        per, unit, placebo = [], [], []
         for k in range(group):
-            h = r2ec.user_state(prompts, [g[k] for g in gens])
+            h = _unit(r2ec.user_state(prompts, [g[k] for g in gens]))
             per.append(rank(h))
-            unit.append(h / np.maximum(np.linalg.norm(h, axis=1, keepdims=True), 1e-12))
+            unit.append(h)
+            # The control: greedy's state moved as far as this reasoning moved it, in a random
+            # direction. Its oracle is what picking the best of G draws gains by chance alone.
+            step = np.linalg.norm(h - g_unit, axis=1, keepdims=True)
+            noise = _unit(rng.standard_normal(h.shape))
+            placebo.append(rank(g_unit + step * noise))
         ranks["sampled"].append(np.stack(per, axis=1))
+        ranks["placebo"].append(np.stack(placebo, axis=1))
         ranks["mean_state"].append(rank(np.mean(unit, axis=0)))
     return {k: np.concatenate(v) for k, v in ranks.items()}
 
@@ -90,6 +106,7 @@ def summarise(ranks: dict, group: int, temperature: float) -> dict:
         "ndcg10_mean_state": float(ndcg10(ranks["mean_state"]).mean()),
         "ndcg10_oracle_best_of_group": float(oracle.mean()),
         "oracle_minus_greedy": float((oracle - greedy).mean()),
+        "ndcg10_placebo_oracle": float(ndcg10(ranks["placebo"]).max(axis=1).mean()),
         "oracle_minus_greedy_se": se(oracle - greedy),
         "share_groups_target_rank_equal": float((spread == 0).mean()),
         "median_rank_spread": float(np.median(spread)),
@@ -129,13 +146,14 @@ def main() -> None:
     Path(a.out).write_text(json.dumps(rows, indent=1))
     print(f"\n{r2ec.model_version}, {a.split} split, {len(samples):,} samples, G = {a.samples}")
     print("| T | none | greedy | sampled (mean) | mean state | oracle best of G | oracle - greedy "
-          "(± s.e.) | groups with equal target rank | median rank spread |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "(± s.e.) | placebo oracle | groups with equal target rank | median rank spread |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['temperature']:g} | {r['ndcg10_none']:.4f} | {r['ndcg10_greedy']:.4f} | "
               f"{r['ndcg10_sampled_mean']:.4f} | {r['ndcg10_mean_state']:.4f} | "
               f"{r['ndcg10_oracle_best_of_group']:.4f} | {r['oracle_minus_greedy']:+.4f} "
-              f"(± {r['oracle_minus_greedy_se']:.4f}) | {r['share_groups_target_rank_equal']:.2f} "
+              f"(± {r['oracle_minus_greedy_se']:.4f}) | {r['ndcg10_placebo_oracle']:.4f} | "
+              f"{r['share_groups_target_rank_equal']:.2f} "
               f"| {r['median_rank_spread']:g} |")
 
 
