@@ -30,7 +30,7 @@ from deltalake import DeltaTable
 
 from r2ec.config import SamplingConfig
 from r2ec.data import Catalog, histories, times
-from r2ec.metrics import target_ranks
+from r2ec.metrics import ndcg_per_sample, target_ranks
 from r2ec.model import R2ec
 from r2ec.progress import progress_bar
 
@@ -39,7 +39,7 @@ COLUMNS = ["sample_id", "user_id", "history_item_ids", "history_titles", "histor
 
 
 def ndcg10(ranks: np.ndarray) -> np.ndarray:
-    return np.where(ranks <= 10, 1.0 / np.log2(ranks + 1.0), 0.0)
+    return ndcg_per_sample(ranks, 10)
 
 
 def _unit(h: np.ndarray) -> np.ndarray:

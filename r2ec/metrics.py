@@ -41,13 +41,18 @@ def target_ranks(scores: np.ndarray, targets: Sequence[int],
     return np.where(np.isneginf(t), n + 1, ranks)
 
 
+def ndcg_per_sample(ranks: np.ndarray, k: int) -> np.ndarray:
+    """NDCG@k of each sample from its target's 1-based rank (any array shape)."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    return np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0)
+
+
 def metrics_from_ranks(ranks: np.ndarray, ks: Iterable[int] = KS) -> dict[str, float]:
     ranks = np.asarray(ranks, dtype=np.float64)
     out = {}
     for k in ks:
-        hit = ranks <= k
-        out[f"hit@{k}"] = float(hit.mean()) if len(ranks) else 0.0
-        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 1), 0.0).mean()) if len(ranks) else 0.0
+        out[f"hit@{k}"] = float((ranks <= k).mean()) if len(ranks) else 0.0
+        out[f"ndcg@{k}"] = float(ndcg_per_sample(ranks, k).mean()) if len(ranks) else 0.0
     return out
 
 

@@ -129,14 +129,16 @@ def run_context(wh: Warehouse, run: pd.Series) -> dict:
             "rationales": wh.published("rationales", run)}
 
 
-def run_health(wh: Warehouse, runs: pd.DataFrame, last: int = 30) -> pd.DataFrame:
+def run_health(wh: Warehouse, runs: pd.DataFrame, last: int = 30,
+               known: dict[str, dict] | None = None) -> pd.DataFrame:
     """One row per published run (newest `last`): users, fallback rate, and the beyond-accuracy
-    metrics of its lists at its k."""
+    metrics of its lists at its k. `known`: run contexts already read, by run_id (reading one
+    costs a scan of the interactions)."""
     from r2ec.beyond import beyond_accuracy
 
     rows = []
     for _, run in runs.tail(last).iterrows():
-        ctx = run_context(wh, run)
+        ctx = (known or {}).get(run["run_id"]) or run_context(wh, run)
         k = int(run["top_k"])
         m = beyond_accuracy(list(ctx["lists"]), ctx["histories"], ctx["counts"],
                             list(ctx["items"]["item_id"]), ctx["tags"], ks=(k,))

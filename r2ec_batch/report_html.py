@@ -196,7 +196,7 @@ def render(location: str, variant: str = "champion", run_date=None) -> tuple[str
     kpis, users = [], []
     if run is not None:
         ctx = rd.run_context(wh, run)
-        health = rd.run_health(wh, runs)
+        health = rd.run_health(wh, runs, known={run["run_id"]: ctx})
         quality = rd.rationale_quality(ctx, int(run["top_k"]))
         figs.update(health=fig_run_health(health), lists=fig_lists(ctx),
                     rationales=fig_rationales(ctx, quality))

@@ -9,6 +9,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def load_bench(name: str):
+    """A script of bench/ as a module (bench/ is not a package: its scripts run by path)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 ML100K = REPO / "data" / "raw" / "ml-100k"
 # The day after ML-100k's last event: user_histories then hold every user's latest window.
 ML100K_AS_OF = "1998-04-23"

@@ -4,8 +4,6 @@ maximum, or the ceiling it reports for RecPO means nothing."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 
@@ -13,16 +11,12 @@ from r2ec.config import SamplingConfig
 from r2ec.data import Catalog
 from r2ec.model import R2ec
 from r2ec.training import evaluate_r2ec
-from tests.conftest import REPO, synthetic_catalog
+from tests.conftest import load_bench, synthetic_catalog
 
 
 @pytest.fixture(scope="module")
 def headroom_module():
-    spec = importlib.util.spec_from_file_location("reasoning_headroom",
-                                                  REPO / "bench" / "reasoning_headroom.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("reasoning_headroom")
 
 
 def test_summary_of_hand_made_ranks(headroom_module):

@@ -12,6 +12,7 @@ from deltalake import DeltaTable
 from r2ec_batch import delta_io
 from r2ec_batch.jobs import maintain_tables
 from r2ec_batch.schemas import RECOMMENDATIONS
+from r2ec_batch.session import LISTING_PARALLELISM
 
 pytestmark = pytest.mark.spark
 
@@ -61,7 +62,7 @@ def test_optimize_and_vacuum_keep_time_travel_within_the_retention(spark, tmp_pa
     assert spark.conf.get("spark.databricks.delta.retentionDurationCheck.enabled", "true") == "true"
     # VACUUM's file listing runs in a handful of tasks on a local master (Spark's default,
     # 10,000 tasks, made each VACUUM of a tiny table take ~25 s here)
-    assert int(spark.conf.get("spark.sql.sources.parallelPartitionDiscovery.parallelism")) <= 8
+    assert int(spark.conf.get(LISTING_PARALLELISM)) <= 8
 
 
 def test_unknown_table_is_refused(tmp_path):

@@ -12,6 +12,7 @@ from r2ec.metrics import (
     RankAccumulator,
     metrics_from_ranks,
     ndcg_from_lists,
+    ndcg_per_sample,
     paired_bootstrap,
     target_ranks,
 )
@@ -57,6 +58,14 @@ def test_accumulator_averages_over_batches():
     m = acc.result()
     assert m["hit@5"] == pytest.approx(2 / 3)
     assert m["ndcg@5"] == pytest.approx((1 + 1 / math.log2(4)) / 3)
+
+
+def test_ndcg_per_sample_matches_the_means():
+    ranks = np.array([1, 3, 10, 11, 1683])
+    got = ndcg_per_sample(ranks, 10)
+    assert got == pytest.approx([1.0, 0.5, 1 / math.log2(11), 0.0, 0.0])
+    assert metrics_from_ranks(ranks)["ndcg@10"] == pytest.approx(got.mean())
+    assert ndcg_per_sample(ranks.reshape(1, 5), 5).shape == (1, 5)
 
 
 def test_ndcg_from_lists_matches_ranks():
