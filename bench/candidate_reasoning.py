@@ -38,7 +38,6 @@ import numpy as np
 import pandas as pd
 import torch
 from deltalake import DeltaTable
-from torch.nn import functional as F
 
 from r2ec.config import SamplingConfig
 from r2ec.data import Catalog, histories, times
@@ -47,7 +46,13 @@ from r2ec.model import R2ec
 from r2ec.packing import Readout, Window, pack, packed_hidden
 from r2ec.prompts import item_token
 from r2ec.training import EpochOrder
-from r2ec.warmstart import UserWindow, encode_items_with_grad, user_windows
+from r2ec.warmstart import (
+    UserWindow,
+    catalogue_softmax_loss,
+    encode_items_with_grad,
+    lm_loss,
+    user_windows,
+)
 
 HEAD = "Candidates:"
 WINDOW = 20  # history lines in a prompt, and the masked history window
@@ -68,7 +73,7 @@ def plain_windows(r2ec: R2ec, batch: Sequence[UserWindow]) -> list[Window]:
 def top_candidates(users: torch.Tensor, items: torch.Tensor, masked: Sequence[Sequence[int]],
                    k: int, tau: float) -> list[list[int]]:
     """The k best catalogue rows of each user state, its masked rows excluded."""
-    scores = F.normalize(users.float(), dim=-1) @ F.normalize(items.float(), dim=-1).T / tau
+    scores = R2ec.score(users.float(), items.float(), tau)
     for i, rows in enumerate(masked):
         scores[i, list(rows)] = -float("inf")
     return scores.topk(k, dim=-1).indices.tolist()
@@ -122,13 +127,11 @@ def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, a: argparse
             p = pack(packed_windows, pad)
             hidden = packed_hidden(model, p)
             users = hidden[p.readout_rows, p.readout_pos]
-            logits = (F.normalize(users.float(), dim=-1) @ F.normalize(items.float(), dim=-1).T
-                      / r2ec.tau)
-            loss = F.cross_entropy(logits, p.targets)
+            loss = catalogue_softmax_loss(users, items, p.targets, r2ec.tau)
             info = {"step": step, "loss_items": round(loss.item(), 4), "lr": lr}
             if len(p.lm_labels):
                 head = model.get_output_embeddings()
-                lm = F.cross_entropy(head(hidden[p.lm_rows, p.lm_pos]).float(), p.lm_labels)
+                lm = lm_loss(head(hidden[p.lm_rows, p.lm_pos]), p.lm_labels)
                 loss = loss + 0.5 * lm
                 info["loss_lm"] = round(lm.item(), 4)
             opt.zero_grad()

@@ -9,6 +9,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+ML100K = REPO / "data" / "raw" / "ml-100k"
+# The day after ML-100k's last event: user_histories then hold every user's latest window.
+ML100K_AS_OF = "1998-04-23"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def load_bench(name: str):
@@ -19,13 +26,6 @@ def load_bench(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-ML100K = REPO / "data" / "raw" / "ml-100k"
-# The day after ML-100k's last event: user_histories then hold every user's latest window.
-ML100K_AS_OF = "1998-04-23"
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session")
