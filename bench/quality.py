@@ -26,29 +26,25 @@ from dataclasses import asdict, replace
 from datetime import date
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import pyarrow as pa
 import torch
 from deltalake import DeltaTable, write_deltalake
 
 from r2ec.baselines import LastItemTransition, Popularity, SASRec, SASRecConfig
+from r2ec.benchmark import Table, rationales, valid_curve
 from r2ec.beyond import beyond_markdown
 from r2ec.config import DefaultModelConfig, SamplingConfig
 from r2ec.data import Catalog
 from r2ec.default_model import build
-from r2ec.evaluation import EvalResult, evaluate
-from r2ec.metrics import ndcg_from_lists, paired_bootstrap
+from r2ec.evaluation import evaluate
 from r2ec.model import R2ec
-from r2ec.reasoning import item_tags, rationale_metrics, render
+from r2ec.reasoning import item_tags
 from r2ec.recpo import RecPOConfig
 from r2ec.recpo_trainer import train as train_recpo
 from r2ec.training import evaluate_r2ec
 from r2ec.warmstart import WarmStartConfig
-from r2ec.warmstart import train as train_warmstart
+from r2ec.warmstart_trainer import train as train_warmstart
 
 log = logging.getLogger("bench.quality")
-COLS = ["hit@5", "hit@10", "hit@20", "ndcg@5", "ndcg@10", "ndcg@20"]
 REFERENCE = "R²ec (RecPO)"
 
 
@@ -73,116 +69,6 @@ def _flatten(d: dict, pre: str = "") -> dict:
         else:
             out[f"{pre}{k}"] = v
     return out
-
-
-def _valid_curve(metrics_jsonl: Path, offset_min: float = 0.0) -> list[dict]:
-    """(training minutes, valid NDCG@10) of a trainer's validations, from its metrics log."""
-    out = []
-    for line in metrics_jsonl.read_text().splitlines():
-        r = json.loads(line)
-        if r.get("split") == "valid":
-            out.append({"minutes": round(offset_min + r["train_s"] / 60, 3), "step": r.get("step"),
-                        "valid_ndcg@10": r["ndcg@10"]})
-    return out
-
-
-def _rationales(res: EvalResult, test: pd.DataFrame, catalog: Catalog, titles: dict) -> dict:
-    """Rationale quality of an evaluation (the shared metrics) and three examples."""
-    tags = [item_tags(a) for a in catalog.attributes]
-    rendered = [render(g.text, titles, list(h)[-20:])
-                for g, h in zip(res.generations, test["history_titles"], strict=True)]
-    metrics = rationale_metrics(
-        rendered, [list(h) for h in test["history_titles"]],
-        [[tags[r] for r in rows] for rows in res.top_rows], set(catalog.titles),
-        {t for ts in tags for t in ts})
-    examples = []
-    for i in (0, len(test) // 2, len(test) - 1):
-        examples.append({"sample_id": int(test["sample_id"].iat[i]), "user_id": test["user_id"].iat[i],
-                         "history": list(test["history_titles"].iat[i])[-5:],
-                         "rationale": rendered[i],
-                         "top5": [catalog.titles[r] for r in res.top_rows[i][:5]],
-                         "target": titles.get(test["target_item_id"].iat[i])})
-    return {"metrics": metrics, "examples": examples}
-
-
-class Table:
-    """The rows, ranked lists and valid curves of one benchmark run."""
-
-    def __init__(self, test: pd.DataFrame, catalog: Catalog):
-        self.test, self.catalog = test, catalog
-        self.rows: list[dict] = []
-        self.lists: dict[str, np.ndarray] = {}  # method -> (S, 20) item ids
-        self.curves: dict[str, list[dict]] = {}
-        self.rationales: dict[str, dict] = {}  # method -> quality metrics and examples
-
-    def record(self, method: str, res: EvalResult, seconds: float, note: str = "",
-               curve: list[dict] | None = None) -> None:
-        self.rows.append({"method": method, **{c: res.metrics[c] for c in COLS},
-                          "wall_s": round(seconds, 1), "note": note})
-        ids = np.asarray(self.catalog.ids, dtype=object)
-        self.lists[method] = ids[res.top_rows]
-        if curve:
-            self.curves[method] = curve
-        log.info("%s: %s (%.0fs)", method, {c: round(res.metrics[c], 4) for c in COLS}, seconds)
-
-    def rankings(self) -> pa.Table:
-        parts = []
-        for method, lists in self.lists.items():
-            n, k = lists.shape
-            parts.append(pa.table({
-                "method": [method] * (n * k),
-                "sample_id": np.repeat(self.test["sample_id"].to_numpy(dtype=np.int64), k),
-                "user_id": np.repeat(self.test["user_id"].to_numpy(dtype=object), k),
-                "target_item_id": np.repeat(self.test["target_item_id"].to_numpy(dtype=object), k),
-                "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n),
-                "item_id": lists.reshape(-1),
-            }))
-        return pa.concat_tables(parts)
-
-    def intervals(self, reference: str) -> None:
-        """Each row's NDCG@10 minus the reference's, with a paired bootstrap 95% interval,
-        per-sample NDCG@10 recomputed from the ranked lists."""
-        targets = list(self.test["target_item_id"])
-        per = {m: ndcg_from_lists(lists, targets, 10) for m, lists in self.lists.items()}
-        for r in self.rows:
-            if r["method"] == reference or reference not in per:
-                r["delta_ndcg@10"] = None
-                continue
-            d, lo, hi = paired_bootstrap(per[r["method"]], per[reference])
-            r["delta_ndcg@10"] = {"diff": d, "low": lo, "high": hi}
-
-    def markdown(self, reference: str) -> str:
-        md = ["| method | " + " | ".join(COLS) + f" | N@10 − {reference} [95% CI] | wall s | note |",
-              "|---|" + "---|" * len(COLS) + "---|---|---|"]
-        for r in self.rows:
-            d = r.get("delta_ndcg@10")
-            delta = "—" if not d else f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
-            md.append(f"| {r['method']} | " + " | ".join(f"{r[c]:.4f}" for c in COLS)
-                      + f" | {delta} | {r['wall_s']:.0f} | {r['note']} |")
-        return "\n".join(md) + "\n"
-
-    def plot(self, path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-        for method, curve in self.curves.items():
-            ax.plot([c["minutes"] for c in curve], [c["valid_ndcg@10"] for c in curve],
-                    marker="o", markersize=3, label=method)
-        for r in self.rows:
-            if r["method"] in ("Last-item transitions", "Popularity"):
-                ax.axhline(r["ndcg@10"], linestyle=":", color="grey")
-                ax.annotate(f"{r['method']} (test)", (0, r["ndcg@10"]), fontsize=7, color="grey")
-        ax.set_xlabel("training minutes (2 CPU cores)")
-        ax.set_ylabel("valid NDCG@10")
-        ax.set_title("Validation NDCG@10 during training")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path)
-        plt.close(fig)
 
 
 def main() -> None:
@@ -246,20 +132,20 @@ def main() -> None:
     table.record("R²ec w/o reasoning", evaluate_r2ec(R2ec.load(out / "no-reasoning" / "best"), test,
                                                      catalog, reasoning=False), time.time() - t,
                  f"multi-target warm start, {ws0['steps']} steps, {ws0['minutes']:.1f} train min",
-                 _valid_curve(out / "no-reasoning" / "metrics.jsonl"))
+                 valid_curve(out / "no-reasoning" / "metrics.jsonl"))
 
     # R²ec: the warm start that also teaches the reasoning format, then RecPO.
     t = time.time()
     ws = train_warmstart(R2ec.load(out / "model-init", device="cpu"), catalog, train, valid, ws_cfg,
                          out / "warmstart", progress=False)
     ws_wall = time.time() - t
-    ws_curve = _valid_curve(out / "warmstart" / "metrics.jsonl")
+    ws_curve = valid_curve(out / "warmstart" / "metrics.jsonl")
     t = time.time()
     res = evaluate_r2ec(R2ec.load(out / "warmstart" / "best", device="cpu"), test, catalog, True,
                         rl_cfg.eval_sampling)
     table.record("R²ec warm start, greedy reasoning", res, ws_wall + time.time() - t,
                  f"before RecPO; {ws['steps']} steps, {ws['minutes']:.1f} train min", ws_curve)
-    table.rationales["R²ec warm start, greedy reasoning"] = _rationales(res, test, catalog, titles)
+    table.rationales["R²ec warm start, greedy reasoning"] = rationales(res, test, catalog, titles)
     t = time.time()
     rl = train_recpo(R2ec.load(out / "warmstart" / "best", device="cpu"), catalog, train, valid,
                      rl_cfg, out / "recpo", progress=False)
@@ -270,8 +156,8 @@ def main() -> None:
                  + (f"best at step {rl['best_step']}" if rl["best_step"] > 0 else
                     "no step beat its start on valid (start kept)")
                  + f"; reasoning {res.metrics.get('reasoning_tokens_mean', 0):.1f} tokens",
-                 ws_curve + _valid_curve(out / "recpo" / "metrics.jsonl", ws["minutes"]))
-    table.rationales[REFERENCE] = _rationales(res, test, catalog, titles)
+                 ws_curve + valid_curve(out / "recpo" / "metrics.jsonl", ws["minutes"]))
+    table.rationales[REFERENCE] = rationales(res, test, catalog, titles)
 
     # Test-time scaling: the mean state of N sampled reasonings (N = 1 is the greedy row).
     for n in a.tts_samples:

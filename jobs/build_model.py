@@ -3,7 +3,7 @@ the `items` and `training_samples` tables, and register it.
 
     bin/r2ec-submit jobs/build_model.py --out models/default-init
 
-The model starts with random weights: train it with `jobs/train_recpo.py --stage warmstart`.
+The model starts with random weights: train it with `jobs/train.py --stage warmstart`.
 """
 
 from __future__ import annotations

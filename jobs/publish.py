@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     run_id, version = publishing.find_run(spark, a)
     return publishing.publish_if_sound(spark, a.warehouse, a.run_date, a.variant, run_id,
                                        a.as_of or a.run_date, a.top_k, version,
-                                       job="jobs/publish.py")
+                                       job="jobs/publish.py", max_error_rate=a.max_error_rate)
 
 if __name__ == "__main__":
     cli.run(main)

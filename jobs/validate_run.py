@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     spark = build_spark("r2ec-validate-run")
     run_id, version = publishing.find_run(spark, a)
     checks, counts = publishing.audit(spark, a.warehouse, a.run_date, a.variant, run_id,
-                                      a.as_of or a.run_date, a.top_k, version)
+                                      a.as_of or a.run_date, a.top_k, version, a.max_error_rate)
     ok = publishing.print_checks(checks)
     print(f"run {run_id} ({a.run_date}, {a.variant}): {counts['users']:,} users, "
           f"{counts['recommendations']:,} recommendations, "

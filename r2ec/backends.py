@@ -19,16 +19,25 @@ import numpy as np
 import torch
 from torch import nn
 
+from r2ec.batching import last_token_states, length_sorted_batches, pad_batch
 from r2ec.config import SamplingConfig
-from r2ec.modeling import last_token_states, length_sorted_batches, pad_batch
 from r2ec.progress import progress_bar
 
 
 @dataclass(frozen=True)
 class Generation:
-    token_ids: tuple[int, ...]  # the reasoning, without the closing <answer>
+    token_ids: tuple[int, ...]  # the reasoning, without the token that closed it
     text: str
-    finished: bool  # True when the model itself wrote <answer>; False when it ran out of budget
+    # The token the model closed its reasoning with: <answer> (what the default model is
+    # taught), or its end of turn / pad (what a pre-trained chat model writes when it is done).
+    # None: the budget ran out. Either way h_T is read at an <answer> appended to the
+    # reasoning; RecPO trains the closing token as the action it was.
+    stop_id: int | None = None
+
+    @property
+    def finished(self) -> bool:
+        """The model closed the reasoning itself (it did not run out of budget)."""
+        return self.stop_id is not None
 
 
 class GenerationBackend(Protocol):
@@ -41,16 +50,15 @@ class GenerationBackend(Protocol):
 
 
 def split_reasoning(tokens: Sequence[int], answer_id: int, stop_ids: Sequence[int],
-                    pad_id: int) -> tuple[list[int], bool]:
-    """Cut generated tokens at the first stop token; (reasoning ids, finished with <answer>)."""
+                    pad_id: int) -> tuple[list[int], int | None]:
+    """Cut generated tokens at the first stop token (<answer>, a stop id, or pad);
+    (reasoning ids, the stop token, or None where there was none)."""
     out = []
     for t in tokens:
-        if t == answer_id:
-            return out, True
-        if t in stop_ids or t == pad_id:
-            return out, False
+        if t in (answer_id, pad_id) or t in stop_ids:
+            return out, int(t)
         out.append(int(t))
-    return out, False
+    return out, None
 
 
 class TransformersBackend:
@@ -105,10 +113,10 @@ class TransformersBackend:
             for row, i in enumerate(idx):
                 outs = []
                 for j in range(n):
-                    toks, finished = split_reasoning(new[row * n + j], self.answer_id,
-                                                     self.stop_ids, self.pad_id)
+                    toks, stop = split_reasoning(new[row * n + j], self.answer_id,
+                                                 self.stop_ids, self.pad_id)
                     text = self.tokenizer.decode(toks, skip_special_tokens=False)
-                    outs.append(Generation(tuple(toks), text, finished))
+                    outs.append(Generation(tuple(toks), text, stop))
                 results[i] = outs
         return results  # type: ignore[return-value]
 

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from r2ec.config import HISTORY_WINDOW
 from r2ec.data import Catalog
 from r2ec.evaluation import EarlyStopping, evaluate
 from r2ec.progress import progress_bar
@@ -66,7 +67,7 @@ class SASRecConfig:
     hidden: int = 64
     blocks: int = 2
     heads: int = 1
-    window: int = 20
+    window: int = HISTORY_WINDOW
     dropout: float = 0.3
     lr: float = 1e-3
     init_std: float = 0.02  # N(0, 0.02) for every weight: tied logits start near zero
@@ -142,22 +143,23 @@ def _windows(samples: pd.DataFrame, catalog: Catalog, window: int
 class SASRec:
     """Trained SASRec as a scorer; `fit` selects the epoch by valid NDCG@10 (EarlyStopping)."""
 
-    def __init__(self, catalog: Catalog, cfg: SASRecConfig | None = None):
-        self.catalog, self.cfg = catalog, cfg or SASRecConfig()
+    def __init__(self, catalog: Catalog, cfg: SASRecConfig | None = None,
+                 device: str | torch.device = "cpu"):
+        self.catalog, self.cfg, self.device = catalog, cfg or SASRecConfig(), torch.device(device)
         torch.manual_seed(self.cfg.seed)
-        self.model = SASRecModel(len(catalog), self.cfg)
+        self.model = SASRecModel(len(catalog), self.cfg).to(self.device)
 
     def _history_tensor(self, batch: pd.DataFrame) -> torch.Tensor:
         w = self.cfg.window
         rows = [[self.catalog.row[i] + 1 for i in h if i in self.catalog.row][-w:]
                 for h in batch["history_item_ids"]]
-        return torch.tensor([[0] * (w - len(r)) + r for r in rows])
+        return torch.tensor([[0] * (w - len(r)) + r for r in rows], device=self.device)
 
     @torch.no_grad()
     def __call__(self, batch: pd.DataFrame) -> np.ndarray:
         self.model.eval()
         states = self.model(self._history_tensor(batch))[:, -1]
-        return self.model.logits(states).numpy()
+        return self.model.logits(states).float().cpu().numpy()
 
     def fit(self, train: pd.DataFrame, valid: pd.DataFrame, progress: bool = True) -> dict:
         """Train on one window per training sample; after every `eval_every` epochs, NDCG@10 on
@@ -166,9 +168,9 @@ class SASRec:
         budget, like the R²ec trainers', counts training time, not validations."""
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        x, y = _windows(train, self.catalog, cfg.window)
+        x, y = (t.to(self.device) for t in _windows(train, self.catalog, cfg.window))
         if cfg.loss_positions == "last":
-            y = torch.where(torch.arange(cfg.window)[None] == cfg.window - 1, y, 0)
+            y = torch.where(torch.arange(cfg.window, device=self.device)[None] == cfg.window - 1, y, 0)
         elif cfg.loss_positions != "all":
             raise ValueError(f"loss_positions must be 'all' or 'last', not {cfg.loss_positions!r}")
         opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.98))
@@ -178,7 +180,7 @@ class SASRec:
                                   disable=not progress):
             epoch_start = time.time()
             self.model.train()
-            perm = torch.randperm(len(x))
+            perm = torch.randperm(len(x)).to(self.device)
             for i in range(0, len(x), cfg.batch_size):
                 idx = perm[i: i + cfg.batch_size]
                 logits = self.model.logits(self.model(x[idx]))

@@ -2,6 +2,7 @@
 R²ec prompt config and a manifest. Never pickle: weights are safetensors only.
 
     python -m r2ec.checkpoint adopt /models/gemma-2-2b-it models/gemma --dataset CDs_and_Vinyl
+    python -m r2ec.checkpoint adopt --gguf data/llm/SmolLM2-135M-Instruct.Q4_1.gguf models/smollm2
     python -m r2ec.checkpoint verify models/default
 
 manifest.json holds `model_version` = "r2ec-" + the first 12 hex digits of a SHA-256 over the
@@ -17,6 +18,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -24,7 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from r2ec.config import PromptConfig, from_dict
+from r2ec.config import TAU, PromptConfig, from_dict
+from r2ec.files import replace_dir, sha256_file
 from r2ec.prompts import PROMPT_FORMAT
 
 MANIFEST = "manifest.json"
@@ -40,7 +43,7 @@ class R2ecSettings:
     tau, the temperature of the recommendation head (score = cosine / tau)."""
 
     prompt: PromptConfig
-    tau: float = 0.02  # the authors' code; the paper writes a plain inner product
+    tau: float = TAU
     prompt_format: int = PROMPT_FORMAT
 
     def to_json(self) -> str:
@@ -56,7 +59,7 @@ class R2ecSettings:
                 f"{where}: the model was trained on prompt format {fmt} (this version writes "
                 f"format {PROMPT_FORMAT}: gaps between events instead of ages before the target); "
                 "train it again (the default model: rm -rf models/default && make model; others: "
-                "jobs/train_recpo.py) or adopt the backbone again")
+                "jobs/train.py) or adopt the backbone again")
         return cls(from_dict(PromptConfig, data["prompt"]), float(data["tau"]), fmt)
 
 
@@ -64,12 +67,16 @@ class CheckpointError(RuntimeError):
     """A checkpoint directory is missing, incomplete, corrupted, or not one of ours."""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+VERSION = re.compile(r"^r2ec-[0-9a-f]{12}$")
+
+
+def check_version(version: object, where: object = "") -> str:
+    """`version` if it has the exact form of a model_version ("r2ec-" + 12 hex digits): it names
+    cache folders and registry rows, so nothing else may pass."""
+    if not isinstance(version, str) or not VERSION.match(version):
+        raise CheckpointError(f"{where}: {str(version)[:80]!r} is not a model version "
+                              "('r2ec-' and 12 hex digits)")
+    return version
 
 
 def _content_files(folder: Path) -> list[Path]:
@@ -82,7 +89,7 @@ def _version(digests: dict[str, str]) -> str:
 
 
 def write_manifest(folder: Path, extra: dict[str, Any]) -> dict[str, Any]:
-    digests = {str(p.relative_to(folder)): _sha256(p) for p in _content_files(folder)}
+    digests = {str(p.relative_to(folder)): sha256_file(p) for p in _content_files(folder)}
     tok_files = {k: v for k, v in digests.items() if k.startswith(("tokenizer", "special_tokens"))}
     manifest = {
         "format": FORMAT,
@@ -120,14 +127,7 @@ def save(model, tokenizer, out_dir: str | Path, settings: R2ecSettings,
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
         manifest = write_manifest(tmp, {"base_model": base_model, **(extra or {})})
         os.chmod(tmp, 0o755)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -147,13 +147,29 @@ def verify(folder: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: unreadable manifest ({e})") from e
     if manifest.get("format") != FORMAT:
         raise CheckpointError(f"{path}: unknown format {manifest.get('format')!r}")
-    for name, digest in manifest["files"].items():
-        f = folder / name
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{path}: the manifest lists no files")
+    root = folder.resolve()
+    for name, digest in files.items():
+        # names are relative paths inside the folder: no absolute path, no '..', no link out
+        f = (folder / name).resolve() if isinstance(name, str) else None
+        if f is None or name.startswith("/") or "\\" in name or ".." in Path(name).parts \
+                or root not in f.parents:
+            raise CheckpointError(f"{folder}: manifest entry {str(name)[:80]!r} is not a file "
+                                  "inside the checkpoint")
         if not f.is_file():
             raise CheckpointError(f"{folder}: file {name} is missing")
-        if _sha256(f) != digest:
+        if sha256_file(f) != digest:
             raise CheckpointError(f"{folder}: file {name} is corrupted or truncated "
                                   f"(SHA-256 differs from the manifest)")
+    # Loading reads what is in the folder (an adapter/, added_tokens.json, ...), so a file the
+    # manifest does not cover is refused rather than loaded unchecked.
+    extra = sorted(str(p.relative_to(folder)) for p in _content_files(folder)
+                   if str(p.relative_to(folder)) not in files)
+    if extra:
+        raise CheckpointError(f"{folder}: files not covered by the manifest: {extra[:5]}; "
+                              "remove them, or save the checkpoint again")
     if _version(manifest["files"]) != manifest["model_version"]:
         raise CheckpointError(f"{path}: model_version does not match the recorded files")
     return manifest
@@ -184,11 +200,61 @@ def load(folder: str | Path, device=None, dtype=None, check: bool = True):
     return model, tokenizer, settings, manifest
 
 
-def adopt(src: str | Path, dst: str | Path, prompt: PromptConfig) -> dict[str, Any]:
-    """Make an R²ec checkpoint of any local Hugging Face causal-LM directory (copy + manifest)."""
+def _load_gguf(path: Path):
+    """(tokenizer, float32 model) from a GGUF file: transformers reads the file's tokenizer,
+    chat template and weights, de-quantising every tensor to float32 (exact: GGUF's blocks
+    are scale * q + min in float16). The model is rebuilt from its config without the
+    `quantization_config` that transformers leaves on a GGUF model, which would make it
+    refuse to save; the weights are the same tensors."""
+    import copy as _copy
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
+    try:
+        import gguf  # noqa: F401 - transformers needs it to read the file
+    except ImportError as e:
+        raise CheckpointError("reading GGUF files needs the `gguf` package "
+                              "(pip install -c constraints.txt gguf; `make smollm2` has it)") from e
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such GGUF file")
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                  local_files_only=True, dtype="float32")
+    config = _copy.deepcopy(loaded.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype="float32")
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    model.tie_weights()
+    return tokenizer, model
+
+
+def load_backbone(src: str | Path, gguf: bool = False) -> tuple[Any, Any, str, dict[str, Any]]:
+    """(model, tokenizer, base model name, provenance) of a local Hugging Face causal-LM
+    directory, or of a GGUF file (`gguf=True`) whose manifest entries record the file's SHA-256
+    and, where it is a registry file this project knows (`r2ec.weights`), its package,
+    licence and description."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from r2ec.weights import KNOWN
+
+    src = Path(src)
+    if not gguf:
+        tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(src, local_files_only=True)
+        return model, tokenizer, str(src), {}
+    tokenizer, model = _load_gguf(src)
+    digest = sha256_file(src)
+    known = next((w for w in KNOWN.values() if w.sha256 == digest), None)
+    if known:
+        return model, tokenizer, known.description.split(" (")[0], known.provenance()
+    return model, tokenizer, src.name, {"source_file": src.name, "source_sha256": digest,
+                                        "source_size": src.stat().st_size}
+
+
+def prepare_backbone(model, tokenizer):
+    """A backbone made ready for R²ec, in place: `<answer>` / `</answer>` as added special
+    tokens, a pad token where there is none, the embeddings grown to the tokenizer."""
     added = [t for t in ("<answer>", "</answer>") if t not in tokenizer.get_vocab()]
     if added:
         # extend, never replace: Gemma's and Qwen's additional special tokens stay special
@@ -197,30 +263,55 @@ def adopt(src: str | Path, dst: str | Path, prompt: PromptConfig) -> dict[str, A
     if tokenizer.pad_token is None:
         # Llama 3 ships without one. Batches are padded (left for generation, right for states)
         # and padding is masked out, but a generated pad also ends a reasoning, so it must be a
-        # token of its own, not eos or a word.
+        # token of its own, not eos or a word. (SmolLM2's pad is its end of turn, which ends a
+        # reasoning anyway, so it is kept.)
         tokenizer.add_special_tokens({"pad_token": "<pad>"})
-    model = AutoModelForCausalLM.from_pretrained(src, local_files_only=True)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        import torch
+
+        # New rows are drawn around the old rows' mean (transformers' default); seeded, so that
+        # adopting the same weights twice gives the same model_version.
+        torch.manual_seed(0)
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return save(model, tokenizer, dst, R2ecSettings(prompt), base_model=str(src),
-                extra={"stage": "adopted"})
+    return model, tokenizer
+
+
+def adopt(src: str | Path, dst: str | Path, prompt: PromptConfig, *, gguf: bool = False,
+          licence: str | None = None) -> dict[str, Any]:
+    """Make an R²ec checkpoint of a local Hugging Face causal-LM directory, or of a GGUF file
+    (`gguf=True`): the model's own tokenizer and chat template, the R²ec tokens
+    (`prepare_backbone`), the prompt settings and a manifest with the weights' provenance."""
+    model, tokenizer, base_model, provenance = load_backbone(src, gguf)
+    extra: dict[str, Any] = {"stage": "adopted", **provenance}
+    if licence:
+        extra["licence"] = licence
+    model, tokenizer = prepare_backbone(model, tokenizer)
+    return save(model, tokenizer, dst, R2ecSettings(prompt), base_model=base_model, extra=extra)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="R²ec checkpoint tools")
     sub = p.add_subparsers(dest="cmd", required=True)
-    a = sub.add_parser("adopt", help="make a checkpoint of a local Hugging Face model directory")
-    a.add_argument("src")
-    a.add_argument("dst")
+    a = sub.add_parser("adopt", help="make a checkpoint of a local Hugging Face model directory "
+                       "or of a GGUF file (--gguf FILE)")
+    a.add_argument("src", nargs="?", help="a Hugging Face model directory")
+    a.add_argument("dst", help="the checkpoint directory to write")
+    a.add_argument("--gguf", metavar="FILE", help="adopt this GGUF file instead of a directory "
+                   "(needs the `gguf` package)")
     a.add_argument("--dataset", default="ml-100k", help="prompt preset (category words)")
+    a.add_argument("--licence", help="the weights' licence, recorded in the manifest (known "
+                   "registry files carry theirs)")
     v = sub.add_parser("verify", help="check a checkpoint's files against its manifest")
     v.add_argument("dir")
     args = p.parse_args(argv)
     if args.cmd == "adopt":
-        m = adopt(args.src, args.dst, PromptConfig.for_dataset(args.dataset))
+        if bool(args.src) == bool(args.gguf):
+            p.error("adopt takes a model directory SRC or --gguf FILE (one of the two)")
+        m = adopt(args.gguf or args.src, args.dst, PromptConfig.for_dataset(args.dataset),
+                  gguf=bool(args.gguf), licence=args.licence)
     else:
         m = verify(args.dir)
     print(json.dumps({k: m[k] for k in ("model_version", "base_model", "tokenizer_hash")}))

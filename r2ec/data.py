@@ -17,12 +17,14 @@ import pandas as pd
 from r2ec.prompts import HistoryItem
 
 
-def _to_datetime(x) -> datetime:
+def to_datetime(x) -> datetime:
+    """A naive UTC datetime from any timestamp a table frame holds (tz-aware or not)."""
     ts = pd.Timestamp(x)
     return (ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo else ts).to_pydatetime()
 
 
-def _rating(r) -> float | None:
+def rating_value(r) -> float | None:
+    """A rating as float, None when missing (None or NaN)."""
     return None if r is None or (isinstance(r, float) and np.isnan(r)) else float(r)
 
 
@@ -31,13 +33,13 @@ def histories(df: pd.DataFrame) -> list[list[HistoryItem]]:
     out = []
     for ids, titles, ratings, tss in zip(df["history_item_ids"], df["history_titles"],
                                          df["history_ratings"], df["history_ts"], strict=True):
-        out.append([HistoryItem(str(i), t or "", _rating(r), _to_datetime(ts))
+        out.append([HistoryItem(str(i), t or "", rating_value(r), to_datetime(ts))
                     for i, t, r, ts in zip(ids, titles, ratings, tss, strict=True)])
     return out
 
 
 def times(values) -> list[datetime]:
-    return [_to_datetime(v) for v in values]
+    return [to_datetime(v) for v in values]
 
 
 @dataclass

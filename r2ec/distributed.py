@@ -1,7 +1,7 @@
 """Data-parallel training: one process per GPU (or several CPU processes with gloo), started by
 `accelerate launch` or `torchrun`, each on its own share of every step's batch.
 
-    accelerate launch --multi_gpu --num_processes 4 jobs/train_recpo.py --stage recpo ...
+    accelerate launch --multi_gpu --num_processes 4 jobs/train.py --stage recpo ...
     torchrun --standalone --nproc_per_node 2 tests/data_parallel_child.py ...   # CPU, the test
 
 Each process keeps a full copy of the model (same start, same seed). A step's batch is drawn from

@@ -7,9 +7,12 @@ measures and records its recall@k against exact search, so nobody uses it blind.
 Top-k never returns a user's excluded items (the history window), even when they score highest:
 the search asks for k + (number excluded) neighbours, which always leaves k after filtering.
 
-Saved as `index.faiss` + `ids.json` + `index_manifest.json` (model_version, item count, dim,
-SHA-256 of vectors and ids); `ItemIndex.load(..., expect_model_version=...)` refuses an index
-built for another model.
+Saved as `index.faiss` + `ids.json` + `titles.json` + `vectors.npy` + `index_manifest.json`
+(model_version, item count, dim, a SHA-256 of vectors and ids that names the index, and the
+SHA-256 of every file). `ItemIndex.load(..., expect_model_version=...)` refuses an index built
+for another model, and an index whose files are not exactly the ones its manifest lists with
+those digests: search reads `index.faiss` and rationales read `titles.json`, so both are
+checked, not only the vectors the checksum is computed from.
 """
 
 from __future__ import annotations
@@ -23,8 +26,12 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from r2ec.config import TAU
+from r2ec.files import sha256_file
+
 INDEX_FILE, IDS_FILE, MANIFEST_FILE = "index.faiss", "ids.json", "index_manifest.json"
-TITLES_FILE = "titles.json"
+TITLES_FILE, VECTORS_FILE = "titles.json", "vectors.npy"
+FILES = (INDEX_FILE, IDS_FILE, TITLES_FILE, VECTORS_FILE)
 
 
 class IndexMismatch(RuntimeError):
@@ -40,6 +47,7 @@ class IndexManifest:
     checksum: str
     recall_at_k: float | None = None
     recall_k: int | None = None
+    files: dict[str, str] | None = None  # file name -> SHA-256, every file but the manifest
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -51,6 +59,22 @@ def _checksum(vectors: np.ndarray, ids: Sequence[str]) -> str:
     h = hashlib.sha256(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
     h.update("\x00".join(ids).encode())
     return h.hexdigest()
+
+
+def _check_files(folder: Path, manifest: IndexManifest) -> None:
+    """Exactly the index's files, each with the digest its manifest records."""
+    if not isinstance(manifest.files, dict) or set(manifest.files) != set(FILES):
+        raise IndexMismatch(f"{folder}: the index manifest does not list the digests of "
+                            f"{', '.join(FILES)} (an index from an older version?); rebuild it "
+                            "with jobs/embed_items.py --force")
+    present = {p.name for p in folder.iterdir()} - {MANIFEST_FILE}
+    if present - set(FILES):
+        raise IndexMismatch(f"{folder}: files that are not part of an index: "
+                            f"{sorted(present - set(FILES))[:5]}")
+    for name, digest in manifest.files.items():
+        path = folder / name
+        if not path.is_file() or sha256_file(path) != digest:
+            raise IndexMismatch(f"{folder}: {name} is missing or differs from the index manifest")
 
 
 def _build(kind: str, vectors: np.ndarray, hnsw_m: int = 32, ef_search: int = 128,
@@ -75,7 +99,7 @@ def _build(kind: str, vectors: np.ndarray, hnsw_m: int = 32, ef_search: int = 12
 
 class ItemIndex:
     def __init__(self, ids: Sequence[str], vectors: np.ndarray, model_version: str,
-                 kind: str = "flat", tau: float = 0.02, recall_k: int = 10,
+                 kind: str = "flat", tau: float = TAU, recall_k: int = 10,
                  titles: Sequence[str] | None = None, **build_kw):
         if len(ids) != len(vectors):
             raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
@@ -134,24 +158,28 @@ class ItemIndex:
         faiss.write_index(self.index, str(folder / INDEX_FILE))
         (folder / IDS_FILE).write_text(json.dumps(self.ids))
         (folder / TITLES_FILE).write_text(json.dumps(self.titles))
-        np.save(folder / "vectors.npy", self.vectors)
+        np.save(folder / VECTORS_FILE, self.vectors)
+        self.manifest.files = {name: sha256_file(folder / name) for name in FILES}
         (folder / MANIFEST_FILE).write_text(json.dumps(asdict(self.manifest), indent=2))
         return folder
 
     @classmethod
     def load(cls, folder: str | Path, expect_model_version: str | None = None,
-             tau: float = 0.02) -> ItemIndex:
+             tau: float = TAU) -> ItemIndex:
         folder = Path(folder)
         try:
             manifest = IndexManifest(**json.loads((folder / MANIFEST_FILE).read_text()))
         except FileNotFoundError as e:
             raise IndexMismatch(f"{folder}: no index manifest; build it with jobs/embed_items.py") from e
+        except (TypeError, json.JSONDecodeError) as e:
+            raise IndexMismatch(f"{folder}: unreadable index manifest ({e})") from e
         if expect_model_version is not None and manifest.model_version != expect_model_version:
             raise IndexMismatch(
                 f"{folder}: index was built for model {manifest.model_version}, not for "
                 f"{expect_model_version}; re-run jobs/embed_items.py for this model")
+        _check_files(folder, manifest)
         ids = json.loads((folder / IDS_FILE).read_text())
-        vectors = np.load(folder / "vectors.npy")
+        vectors = np.load(folder / VECTORS_FILE, allow_pickle=False)
         if (len(ids), vectors.shape[1]) != (manifest.item_count, manifest.dim) or \
                 _checksum(vectors, ids) != manifest.checksum:
             raise IndexMismatch(f"{folder}: index files do not match their manifest")

@@ -19,6 +19,7 @@ h_T straight after the prompt with the assistant turn pre-filled with <answer>.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -28,16 +29,15 @@ import torch
 
 from r2ec import checkpoint
 from r2ec.backends import Generation, GenerationBackend, make_backend
-from r2ec.config import PromptConfig, SamplingConfig
-from r2ec.modeling import last_token_states, pad_batch, pick_device
+from r2ec.batching import pick_device
+from r2ec.config import TAU, PromptConfig, SamplingConfig
 from r2ec.prompts import ANSWER, HistoryItem, Prompter, item_messages, now_line
 
-DEFAULT_TAU = 0.02
 _SLOT = "\ue000"  # a private-use character marks where a message's content goes
 
 
 class R2ec:
-    def __init__(self, model, tokenizer, prompt: PromptConfig, *, tau: float = DEFAULT_TAU,
+    def __init__(self, model, tokenizer, prompt: PromptConfig, *, tau: float = TAU,
                  device: str | torch.device | None = None, backend: str = "transformers",
                  model_dir: str | Path | None = None, model_version: str = "unversioned",
                  batch_size: int = 32, progress: bool = False, base_model: str = "unknown"):
@@ -89,7 +89,8 @@ class R2ec:
     # template's head, one segment per history line, and the "now" line with the template's end
     # of turn. The multi-target warm start packs exactly these segments, so its readouts are the
     # states that inference computes.
-    def _encode(self, text: str) -> list[int]:
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a piece of prompt text (no special tokens), cached: prompts repeat."""
         ids = self._cache.get(text)
         if ids is None:
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -110,19 +111,19 @@ class R2ec:
 
     def prefix_ids(self) -> list[int]:
         """The chat template's head and the instruction: the start of every user prompt."""
-        return self._encode(self._user_head + self.prompter.user_instruction())
+        return self.encode(self._user_head + self.prompter.user_instruction())
 
     def line_ids(self, h: HistoryItem, previous: datetime | None) -> list[int]:
-        return self._encode(self.prompter.history_line(h, previous))
+        return self.encode(self.prompter.history_line(h, previous))
 
     def readout_ids(self, last: datetime | None, ref_time: datetime) -> list[int]:
         """The "now" line and the end of the user turn, up to the assistant's header."""
-        return self._encode(now_line(last, ref_time) + self._user_tail)
+        return self.encode(now_line(last, ref_time) + self._user_tail)
 
     def item_prompts(self, item_ids: Sequence[str], titles: Sequence[str],
                      attributes: Sequence[Mapping[str, str] | None]) -> list[list[int]]:
         """Token ids of each item prompt, ending with the pre-filled <answer>."""
-        return [self._encode(self._item_head + self.prompter.item_content(iid, title, attrs)
+        return [self.encode(self._item_head + self.prompter.item_content(iid, title, attrs)
                              + self._item_tail)
                 for iid, title, attrs in zip(item_ids, titles, attributes, strict=True)]
 
@@ -172,17 +173,22 @@ class R2ec:
         return self.backend.last_hidden_states(self.user_sequences(prompts, reasonings))
 
     def reasoned_states(self, prompts: Sequence[Sequence[int]], reasoning: bool = True,
-                        samples: int = 1, sampling: SamplingConfig | None = None
+                        samples: int = 1, sampling: SamplingConfig | None = None,
+                        clock: dict[str, float] | None = None
                         ) -> tuple[np.ndarray, list[list[Generation]] | None]:
         """(h_T (B, d), reasonings) the way scoring computes them: no reasoning; one reasoning
         (greedy unless `sampling` says otherwise); or, with `samples` > 1 (test-time scaling),
-        the mean of the L2-normalised h_T of that many sampled reasonings."""
+        the mean of the L2-normalised h_T of that many sampled reasonings. `clock["reasoning"]`,
+        when given, is increased by the seconds spent generating."""
         if not reasoning:
             return self.user_state(prompts, None), None
         sampling = sampling or SamplingConfig()
         if samples > 1 and sampling.temperature <= 0:
             raise ValueError("more than one sampled reasoning needs a temperature > 0")
+        start = time.perf_counter()
         gens = self.reason(prompts, n=samples, sampling=sampling)
+        if clock is not None:
+            clock["reasoning"] = clock.get("reasoning", 0.0) + time.perf_counter() - start
         if samples == 1:
             return self.user_state(prompts, [g[0] for g in gens]), gens
         states = []
@@ -190,11 +196,6 @@ class R2ec:
             h = self.user_state(prompts, [g[s] for g in gens])
             states.append(h / np.maximum(np.linalg.norm(h, axis=1, keepdims=True), 1e-12))
         return np.mean(states, axis=0), gens
-
-    # -- training-side forward (gradient flows) ----------------------------------------------
-    def states_with_grad(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
-        ids, mask = pad_batch(seqs, self.tokenizer.pad_token_id, "right", self.device)
-        return last_token_states(self.model, ids, mask)
 
     # -- rec head ----------------------------------------------------------------------------
     @staticmethod

@@ -19,71 +19,60 @@ instead of having noise divided by a tiny standard deviation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
 
-from r2ec.config import SamplingConfig
-from r2ec.training import LoraSettings
-
-
-def _h(text: str, **kw):
-    return field(metadata={"help": text}, **kw)
+from r2ec.config import SamplingConfig, option, restate
+from r2ec.training import LoopConfig
 
 
 @dataclass
-class RecPOConfig:
-    group_size: int = _h("G reasonings per user (paper: 4; 6-8 suffice, Fig. 3c/d)", default=4)
-    temperature: float = _h("rollout temperature (paper 1.5; authors' HEAD 2.0)", default=1.5)
-    top_k: int = _h("rollout top-k (paper 200; authors' launch script 50)", default=200)
-    max_new_tokens: int = _h("reasoning budget per rollout (paper: 512 for 2-3B models; small "
-                             "CPU model: 32)", default=32)
-    beta: float = _h("weight of the softmax reward R_c (paper: 0.05)", default=0.05)
-    ndcg_k: int = _h("cut-off of the ranking reward R_d (paper: 1000)", default=1000)
-    advantage: str = _h("'grpo' (group mean/std, paper default) or 'rloo' (leave-one-out)",
-                        default="grpo")
-    min_reward_std: float = _h("a group whose reward std is at most this gets no advantage (its "
+class RecPOConfig(LoopConfig):
+    """RecPO (paper Alg. 1): rollouts, the fused reward, the clipped policy loss and the item
+    loss; the loop settings are `LoopConfig`'s, whose defaults are RecPO's."""
+
+    lr: float = restate(LoopConfig, "lr", 3e-5, "paper: 1e-5 for LoRA on 2-3B models; the small "
+                                                "fully-trained CPU model after an annealed warm "
+                                                "start: 3e-5")
+    epochs: float = restate(LoopConfig, "epochs", 1.0, "paper: <= 3 with early stopping")
+    group_size: int = option(help="G reasonings per user (paper: 4; 6-8 suffice, Fig. 3c/d)", default=4)
+    temperature: float = option(help="rollout temperature (paper 1.5; authors' HEAD 2.0)", default=1.5)
+    top_k: int = option(help="rollout top-k (paper 200; authors' launch script 50)", default=200)
+    max_new_tokens: int = option(help="reasoning budget per rollout (paper: 512 for 2-3B models; "
+                                      "small CPU model: the scoring budget)",
+                                 default=SamplingConfig.max_new_tokens)
+    beta: float = option(help="weight of the softmax reward R_c (paper: 0.05)", default=0.05)
+    ndcg_k: int = option(help="cut-off of the ranking reward R_d (paper: 1000)", default=1000)
+    advantage: str = option(help="'grpo' (group mean/std, paper default), 'rloo' (leave-one-out) or "
+                        "'centered' (R - group mean, no division by the std: Dr. GRPO, Liu et al. "
+                        "2025, which keeps a group whose rewards barely differ from being blown "
+                        "up to unit scale)", default="grpo")
+    min_reward_std: float = option(help="a group whose reward std is at most this gets no advantage (its "
                                "samples differ by noise only); the share of such groups is "
                                "logged", default=1e-3)
-    eps_low: float = _h("lower clip of the ratio (paper 0.2)", default=0.2)
-    eps_high: float = _h("upper clip of the ratio (authors' code 0.28)", default=0.28)
-    token_loss_norm: str = _h("'group' = per user mean over its G samples' tokens, then mean over "
+    group_temperatures: list[float] = option(help=
+        "rollout temperatures within each group, spread evenly over its G rollouts (empty = all "
+        "at `temperature`). A known remedy when groups collapse (every rollout of a user gets "
+        "the same reward): hotter rollouts differ more. Each rollout's log-probabilities are "
+        "taken under its own temperature", default_factory=list)
+    refill_rounds: int = option(help=
+        "extra rollout rounds per step that replace groups with no reward spread (std <= "
+        "min_reward_std) by the next users' groups, until the step has users_per_step "
+        "informative groups or the rounds run out (DAPO's dynamic sampling, Yu et al. 2025). "
+        "Costs rollouts and one no-gradient pass per round; 0 = off", default=0)
+    eps_low: float = option(help="lower clip of the ratio (paper 0.2)", default=0.2)
+    eps_high: float = option(help="upper clip of the ratio (authors' code 0.28)", default=0.28)
+    token_loss_norm: str = option(help="'group' = per user mean over its G samples' tokens, then mean over "
                               "users (authors' code); 'token' = mean over all tokens", default="group")
-    relabel_topk: int = _h("best-advantage samples per user that get the item loss (paper 1; "
+    relabel_topk: int = option(help="best-advantage samples per user that get the item loss (paper 1; "
                            "authors' launch script 2)", default=1)
-    item_loss_weight: float = _h("weight of the item loss against the token loss", default=1.0)
-    users_per_step: int = _h("users per micro-batch (paper: 24 per update; authors' code 12)",
+    item_loss_weight: float = option(help="weight of the item loss against the token loss", default=1.0)
+    users_per_step: int = option(help="users per micro-batch (paper: 24 per update; authors' code 12)",
                              default=16)
-    grad_accum: int = _h("micro-batches per optimiser step (gradient accumulation)", default=1)
-    lr: float = _h("learning rate (paper: 1e-5 for LoRA on 2-3B; the small fully-trained CPU "
-                   "model after an annealed warm start: 3e-5)", default=3e-5)
-    min_lr: float = _h("floor of the cosine schedule", default=0.0)
-    schedule: str = _h("'constant' after warm-up (paper) or 'cosine' (annealed over max(step / "
-                       "total, time / budget), so a time-boxed run ends at min_lr)",
-                       default="cosine")
-    warmup_steps: int = _h("linear warm-up steps (paper: 32)", default=32)
-    weight_decay: float = _h("AdamW weight decay", default=0.0)
-    beta2: float = _h("AdamW beta2", default=0.999)
-    grad_clip: float = _h("gradient norm clip (authors: 1.0)", default=1.0)
-    epochs: float = _h("passes over the train split (paper: <= 3 with early stopping)", default=1.0)
-    max_minutes: float = _h("stop after this much training time (0 = no limit)", default=0.0)
-    max_steps: int = _h("stop this run at this global step (0 = none); the schedule still spans "
-                        "`epochs`, so a later --resume continues exactly", default=0)
-    refresh_every: int = _h("steps between full item-table refreshes (authors: each evaluation, "
+    refresh_every: int = option(help="steps between full item-table refreshes (authors: each evaluation, "
                             "~1/8 epoch)", default=50)
-    eval_every: int = _h("steps between validation runs (greedy reasoning)", default=50)
-    eval_samples: int = _h("validation samples per run (0 = the whole split: the checkpoint "
-                           "choice needs a standard error below the differences it decides; a "
-                           "1,000-sample subset swung by +-.015 NDCG@10)", default=0)
-    patience: int = _h("validations without improvement before stopping (0 = never; authors 8)",
-                       default=8)
-    save_every: int = _h("steps between resumable training-state saves", default=50)
-    seed: int = _h("seed of data order and sampling", default=0)
-    gradient_checkpointing: bool = _h("recompute each layer's activations in the backward "
-                                      "pass: far less memory for production backbones, one more "
-                                      "forward pass of compute", default=False)
-    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA settings"})
 
     @property
     def rollout_sampling(self) -> SamplingConfig:
@@ -92,8 +81,20 @@ class RecPOConfig:
         return SamplingConfig(temperature=self.temperature, top_k=self.top_k,
                               max_new_tokens=self.max_new_tokens, min_new_tokens=0, seed=self.seed)
 
+    def rollout_temperatures(self) -> list[float]:
+        """The temperature of each of a group's G rollouts, in rollout order."""
+        if not self.group_temperatures:
+            return [self.temperature] * self.group_size
+        temps = sorted(self.group_temperatures)
+        if len(temps) > self.group_size or any(t <= 0 for t in temps):
+            raise ValueError(f"group_temperatures {temps}: at most G = {self.group_size} values, "
+                             "each > 0")
+        # G rollouts over the listed temperatures, as evenly as G allows (lower ones first)
+        return [temps[g * len(temps) // self.group_size] for g in range(self.group_size)]
+
     @property
     def eval_sampling(self) -> SamplingConfig:
+        """How validations reason: greedy, within the rollouts' budget."""
         return SamplingConfig(temperature=0.0, max_new_tokens=self.max_new_tokens)
 
 
@@ -132,8 +133,9 @@ def group_advantages(rewards: torch.Tensor, kind: str = "grpo", eps: float = 1e-
     """rewards (B, G) -> advantages (B, G), normalised within each user's group.
     grpo: (R - mean) / (std + eps), unbiased std as torch's default (authors' code);
     rloo: R_i - mean of the other G - 1 rewards (the standard leave-one-out baseline, not the
-    authors' `R*(1+1/G) - mean`). A group of one, or whose reward std is at most `min_std`
-    (equal rewards, or differences too small to mean anything), gets zero advantage."""
+    authors' `R*(1+1/G) - mean`); centered: R - mean (Dr. GRPO: no std normalisation).
+    A group of one, or whose reward std is at most `min_std` (equal rewards, or differences
+    too small to mean anything), gets zero advantage."""
     g = rewards.shape[1]
     if g == 1:
         return torch.zeros_like(rewards)
@@ -142,8 +144,10 @@ def group_advantages(rewards: torch.Tensor, kind: str = "grpo", eps: float = 1e-
         adv = (rewards - rewards.mean(dim=1, keepdim=True)) / (std + eps)
     elif kind == "rloo":
         adv = rewards - (rewards.sum(dim=1, keepdim=True) - rewards) / (g - 1)
+    elif kind == "centered":
+        adv = rewards - rewards.mean(dim=1, keepdim=True)
     else:
-        raise ValueError(f"unknown advantage kind {kind!r} (grpo, rloo)")
+        raise ValueError(f"unknown advantage kind {kind!r} (grpo, rloo, centered)")
     return torch.where(std > min_std, adv, torch.zeros_like(adv))
 
 
@@ -190,14 +194,18 @@ def item_loss(users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor, ad
     return (adv.detach() * nll).mean()
 
 
-def sequence_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0,
-                      top_k: int = 0) -> torch.Tensor:
+def sequence_logprobs(logits: torch.Tensor, tokens: torch.Tensor,
+                      temperature: float | torch.Tensor = 1.0, top_k: int = 0) -> torch.Tensor:
     """log p of each token given the logits that predict it, (B, T, V), (B, T) -> (B, T),
     under the distribution a sampler with this temperature and top-k draws from: logits / T,
     everything outside the k largest removed, renormalised. A token outside the top k (which
-    that sampler cannot draw) gets -inf. temperature <= 0 or 1 and top_k 0 = the plain softmax."""
+    that sampler cannot draw) gets -inf. temperature <= 0 or 1 and top_k 0 = the plain softmax.
+    `temperature` may be a (B,) tensor: each row's own (rollouts sampled at several)."""
     z = logits.float()
-    if temperature > 0 and temperature != 1.0:
+    if isinstance(temperature, torch.Tensor):
+        t = temperature.to(z.device, torch.float32)
+        z = z / torch.where(t > 0, t, torch.ones_like(t))[:, None, None]
+    elif temperature > 0 and temperature != 1.0:
         z = z / temperature
     if 0 < top_k < z.shape[-1]:
         kth = torch.topk(z, top_k, dim=-1).values[..., -1:]

@@ -19,11 +19,12 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
-from r2ec.config import SamplingConfig
+from r2ec import train_state
+from r2ec.batching import last_token_states, length_sorted_batches, pad_batch
+from r2ec.config import SamplingConfig, option
 from r2ec.data import Catalog, histories, times
 from r2ec.evaluation import EarlyStopping, EvalResult, evaluate
 from r2ec.model import R2ec
-from r2ec.modeling import last_token_states, length_sorted_batches, pad_batch
 from r2ec.progress import progress_bar  # noqa: F401 - re-exported for the trainers
 
 log = logging.getLogger(__name__)
@@ -35,13 +36,51 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 class LoraSettings:
     """LoRA via peft (paper: r = 4 on all attention and MLP projections; authors' alpha 128)."""
 
-    enabled: bool = field(default=False, metadata={"help": "train LoRA adapters instead of all weights"})
-    r: int = field(default=4, metadata={"help": "adapter rank (paper: 4)"})
-    alpha: int = field(default=128, metadata={"help": "scaling alpha (authors' code: 128)"})
-    dropout: float = field(default=0.0, metadata={
-        "help": "adapter dropout (authors set 0.05 but disable_dropout_in_model zeroes it)"})
-    targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS),
-                               metadata={"help": "module names that get adapters"})
+    enabled: bool = option(False, "train LoRA adapters instead of all weights")
+    r: int = option(4, "adapter rank (paper: 4)")
+    alpha: int = option(128, "scaling alpha (authors' code: 128)")
+    dropout: float = option(0.0, "adapter dropout (authors set 0.05 but disable_dropout_in_model "
+                                 "zeroes it)")
+    targets: list[str] = option(list(LORA_TARGETS), "module names that get adapters")
+
+
+@dataclass
+class LoopConfig:
+    """What `run_loop` reads: the settings both training stages share. Each stage extends it
+    with its own settings and restates a default where its own differs (`r2ec.config.restate`,
+    with the reason), so a shared setting has one name and one help string."""
+
+    epochs: float = option(1.0, "passes over the train split")
+    max_minutes: float = option(0.0, "training time budget in minutes (0 = none); a cosine "
+                                     "schedule anneals within it")
+    max_steps: int = option(0, "stop this run at this global step (0 = none); the schedule still "
+                               "spans `epochs`, so a later --resume continues exactly")
+    grad_accum: int = option(1, "micro-batches per optimiser step (gradient accumulation)")
+    lr: float = option(3e-5, "peak AdamW learning rate")
+    min_lr: float = option(0.0, "floor of the cosine schedule")
+    schedule: str = option("cosine", "'cosine' (annealed over max(step / total, time / budget), "
+                                     "so a time-boxed run ends at min_lr) or 'constant' after "
+                                     "warm-up (the paper's RecPO)")
+    warmup_steps: int = option(32, "linear warm-up steps (paper: 32)")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    beta2: float = option(0.999, "AdamW beta2")
+    grad_clip: float = option(1.0, "gradient norm clip (authors: 1.0)")
+    eval_every: int = option(50, "steps between validations")
+    eval_samples: int = option(0, "valid samples per validation (0 = the whole split: the "
+                                  "checkpoint choice needs a standard error below the "
+                                  "differences it decides; a 1,000-sample subset swung by "
+                                  "+-.015 NDCG@10); N = a fixed seeded subset")
+    patience: int = option(8, "validations without a better valid NDCG@10 before stopping "
+                              "(0 = never; authors: 8)")
+    save_every: int = option(50, "steps between resumable training-state saves")
+    seed: int = option(0, "seed of data order and sampling")
+    mixed_precision: str = option("no", "'bf16': float32 weights with bfloat16 matmuls (torch "
+                                        "autocast; a full fine-tune keeps exact updates), 'no': "
+                                        "the model's own dtype")
+    gradient_checkpointing: bool = option(False, "recompute each layer's activations in the "
+                                                 "backward pass: far less memory for production "
+                                                 "backbones, one more forward pass of compute")
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA settings"})
 
 
 def apply_lora(model, s: LoraSettings):
@@ -169,8 +208,7 @@ class EpochOrder:
 @dataclass
 class StepCounter(EarlyStopping):
     """Global step, training seconds so far, and the model-selection state (EarlyStopping, the
-    rule every trained method shares), registered with accelerate so that `save_state` /
-    `load_state` carry them."""
+    rule every trained method shares); part of the resumable state (`r2ec.train_state`)."""
 
     patience: int = 0
     step: int = 0
@@ -200,7 +238,7 @@ class MetricsLog:
             f.write(json.dumps(record, default=float) + "\n")
 
 
-def scheduled_lr(step: int, progress: float, cfg) -> float:
+def scheduled_lr(step: int, progress: float, cfg: LoopConfig) -> float:
     """Learning rate at `step`: linear warm-up over `cfg.warmup_steps`, then `cfg.schedule`:
     'constant' (the paper's RecPO) or 'cosine' from `cfg.lr` to `cfg.min_lr` over `progress`
     in [0, 1]. Progress is max(step / total steps, elapsed / time budget) (`run_loop`), so a
@@ -219,32 +257,39 @@ def scheduled_lr(step: int, progress: float, cfg) -> float:
 StepFn = Callable[[int, int], tuple[torch.Tensor, dict]]
 
 
-def run_loop(r2ec: R2ec, cfg, *, stage: str, out_dir: Path, steps_per_epoch: int,
+def run_loop(r2ec: R2ec, cfg: LoopConfig, *, stage: str, out_dir: Path, steps_per_epoch: int,
              step_fn: StepFn, validate: Callable[[], dict], state: Sequence = (),
              before_step: Callable[[int], None] | None = None,
              after_step: Callable[[int, list[dict]], dict] | None = None,
              validate_first: bool = False, resume: bool = False, progress: bool = True) -> dict:
-    """The training loop of both stages. `cfg` carries the shared knobs (lr, min_lr, schedule,
-    warmup_steps, weight_decay, beta2, grad_clip, grad_accum, epochs, max_minutes, max_steps,
-    eval_every, patience, save_every, seed). Per step: `before_step`, `grad_accum` micro-steps
-    of `step_fn` (each loss back-propagated at once), clip, optimiser step, `after_step` (which
-    returns scalars to log); every `eval_every` steps and at the end, `validate()` -> metrics:
-    the best valid NDCG@10 is saved to out_dir/best, `patience` evaluations without a better
-    one stop the run. `validate_first`: the starting model is the first "best" (a fine-tuning
-    stage must beat it). `max_minutes` and the schedule count training time only (the steps,
-    not validations or saves), so stages that validate at different costs get the same budget.
-    Returns the run summary."""
+    """The training loop of both stages, with the settings of `LoopConfig`. Per step:
+    `before_step`, `grad_accum` micro-steps of `step_fn` (each loss back-propagated at once),
+    clip, optimiser step, `after_step` (which returns scalars to log); every `eval_every` steps
+    and at the end, `validate()` -> metrics: the best valid NDCG@10 is saved to out_dir/best,
+    `patience` evaluations without a better one stop the run. `validate_first`: the starting
+    model is the first "best" (a fine-tuning stage must beat it). `max_minutes` and the
+    schedule count training time only (the steps, not validations or saves), so stages that
+    validate at different costs get the same budget. Returns the run summary."""
     from accelerate import Accelerator
 
     from r2ec import distributed
 
     acc = Accelerator(cpu=r2ec.device.type == "cpu")
+    # Autocast here rather than accelerate's mixed_precision: accelerate fixes that once per
+    # process, and one process may run stages (or tests) with and without it.
+    precision = cfg.mixed_precision
+    if precision not in ("no", "bf16"):
+        raise ValueError(f"mixed_precision must be 'no' or 'bf16', not {precision!r}")
+
+    def amp():
+        return torch.autocast(r2ec.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
     parallel, main = acc.num_processes > 1, acc.is_main_process
     if parallel and not all(isinstance(x, EpochOrder) and x.world == acc.num_processes
                             for x in state if isinstance(x, EpochOrder)):
         raise RuntimeError("the data order is not split between the processes")
     model = r2ec.model
-    if getattr(cfg, "gradient_checkpointing", False):
+    if cfg.gradient_checkpointing:
         # Non-reentrant checkpointing needs no input that requires grad, so it works under
         # LoRA (frozen embeddings) without peft's enable_input_require_grads hook.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -252,16 +297,36 @@ def run_loop(r2ec: R2ec, cfg, *, stage: str, out_dir: Path, steps_per_epoch: int
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, betas=(0.9, cfg.beta2),
                             weight_decay=cfg.weight_decay)
     counter = StepCounter(patience=cfg.patience)
-    acc.register_for_checkpointing(counter, *state)
-    if parallel:
-        # Not wrapped in DistributedDataParallel (see r2ec/distributed.py): gradients are
-        # averaged explicitly; model and optimiser are saved and resumed as plain state.
-        acc.register_for_checkpointing(model, opt)
-    else:
+    if not parallel:
+        # Not wrapped in DistributedDataParallel when parallel (see r2ec/distributed.py):
+        # gradients are averaged explicitly.
         model, opt = acc.prepare(model, opt)
+    stateful = {"counter": counter, **{f"part{i}": x for i, x in enumerate(state)}}
     state_dir = out_dir / "state"
-    if resume and state_dir.is_dir():
-        acc.load_state(str(state_dir))
+    meta = {"stage": stage, "parent_version": r2ec.model_version, "world": acc.num_processes}
+
+    def save_state() -> None:
+        parts = {"model": train_state.trainable_state(model), "optimizer": opt.state_dict(),
+                 **{k: x.state_dict() for k, x in stateful.items()}}
+        if parallel:
+            train_state.save_distributed(state_dir, parts, {**meta, "step": counter.step},
+                                         acc.process_index, acc.wait_for_everyone)
+        else:
+            train_state.save(state_dir, parts, {**meta, "step": counter.step})
+
+    if resume and train_state.state_folder(state_dir) is not None:
+        manifest = train_state.verify(state_dir)
+        for key, want in meta.items():
+            if manifest.get(key) != want:
+                raise train_state.StateError(
+                    f"{state_dir}: saved with {key} {manifest.get(key)!r}, this run has {want!r}; "
+                    "resume with the same starting model and processes, or use another --out")
+        train_state.load_trainable(model, train_state.load_part(state_dir, "model"), str(state_dir))
+        train_state.restore_optimizer(opt, train_state.load_part(state_dir, "optimizer"),
+                                      str(state_dir))
+        for key, x in stateful.items():
+            x.load_state_dict(train_state.load_part(state_dir, key))
+        train_state.set_rng_state(train_state.load_part(state_dir, f"rng-{acc.process_index}"))
         log.info("resumed at step %d (%.1f min trained)", counter.step, counter.elapsed_s / 60)
     total = max(1, int(cfg.epochs * steps_per_epoch / cfg.grad_accum))
     budget = 60.0 * cfg.max_minutes
@@ -271,7 +336,8 @@ def run_loop(r2ec: R2ec, cfg, *, stage: str, out_dir: Path, steps_per_epoch: int
 
     def evaluate_now() -> bool:
         # The main process validates; the others take its result, so all decide alike.
-        metrics = validate() if main else None
+        with amp():
+            metrics = validate() if main else None
         if parallel:
             metrics = distributed.from_main(metrics)
         if main:
@@ -303,13 +369,15 @@ def run_loop(r2ec: R2ec, cfg, *, stage: str, out_dir: Path, steps_per_epoch: int
         frac = max(step / total, counter.elapsed_s / budget if budget else 0.0)
         for g in opt.param_groups:
             g["lr"] = scheduled_lr(step, frac, cfg)
-        if before_step:
-            before_step(step)
+        with amp():
+            if before_step:
+                before_step(step)
         model.train()
         opt.zero_grad()
         infos = []
         for micro in range(cfg.grad_accum):
-            loss, info = step_fn(step, micro)
+            with amp():
+                loss, info = step_fn(step, micro)
             acc.backward(loss / cfg.grad_accum)
             infos.append({"loss": loss.item(), **info})
         if parallel:
@@ -337,12 +405,12 @@ def run_loop(r2ec: R2ec, cfg, *, stage: str, out_dir: Path, steps_per_epoch: int
             stopped = "early stopping"
             break
         if counter.step % cfg.save_every == 0:
-            acc.save_state(str(state_dir))
+            save_state()
         if over_time:
             stopped = "time budget"
             break
     bar.close()
-    acc.save_state(str(state_dir))
+    save_state()
     acc.wait_for_everyone()
     return {"steps": counter.step, "best_valid_ndcg@10": counter.best, "stopped_by": stopped,
             "minutes": counter.elapsed_s / 60, "best_dir": str(out_dir / "best"),

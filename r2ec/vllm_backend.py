@@ -57,8 +57,8 @@ def parse_generations(outputs: Iterable[Any], answer_id: int, stop_ids: Sequence
     for out in outputs:
         gens = []
         for completion in out.outputs:
-            toks, finished = split_reasoning(list(completion.token_ids), answer_id, stop_ids, pad_id)
-            gens.append(Generation(tuple(toks), decode(toks), finished))
+            toks, stop = split_reasoning(list(completion.token_ids), answer_id, stop_ids, pad_id)
+            gens.append(Generation(tuple(toks), decode(toks), stop))
         result.append(gens)
     return result
 

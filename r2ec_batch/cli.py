@@ -58,6 +58,41 @@ def iso_date(text: str) -> date:
         raise argparse.ArgumentTypeError(f"not a YYYY-MM-DD date: {text!r}") from e
 
 
+# Upper bounds of the knobs a run may be given (CLI flags; the DAGs' Params use the same numbers,
+# which tests/test_dags.py checks): beyond them a run is a mistake, not a setting. top_k 1e9
+# asked for ~256 GB per worker; a huge reasoning budget holds the GPU pool for hours.
+MAX_TOP_K = 1000
+MAX_NEW_TOKENS = 1024
+MAX_SAMPLES = 64
+MAX_CHUNK = 4096
+
+
+def _bounded(kind: type, what: str, lo, hi):
+    """An argparse type: a `kind` value in [lo, hi], or a one-line error naming the bounds."""
+    show = (lambda v: f"{v:g}") if kind is float else str
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from e
+        if not lo <= value <= hi:  # also refuses a float nan
+            raise argparse.ArgumentTypeError(f"{show(value)} is outside [{show(lo)}, {show(hi)}]")
+        return value
+    parse.__name__ = f"{what.split()[-1]} in [{show(lo)}, {show(hi)}]"
+    return parse
+
+
+def bounded_int(lo: int, hi: int):
+    """An argparse type: an integer in [lo, hi]."""
+    return _bounded(int, "an integer", lo, hi)
+
+
+def bounded_float(lo: float, hi: float):
+    """An argparse type: a number in [lo, hi]."""
+    return _bounded(float, "a number", lo, hi)
+
+
 def variant(text: str) -> str:
     """An output variant's name (a partition value): 1-64 letters, digits, '_' or '-'."""
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", text):
@@ -105,14 +140,21 @@ def add_dataclass_args(p: argparse.ArgumentParser, cls, prefix: str = "", group:
             add_dataclass_args(p, type(default), f"{prefix}{f.name}-", f"{cls.__name__}.{f.name}")
             continue
         flag = f"--{prefix}{f.name}".replace("_", "-")
-        help_text = f.metadata.get("help", "")
+        help_text = argparse_help(f.metadata.get("help", ""))
         if isinstance(default, bool):
             g.add_argument(flag, type=boolean, default=default, metavar="BOOL", help=help_text)
         elif isinstance(default, list):
-            g.add_argument(flag, type=lambda s: s.split(","), default=default, metavar="A,B",
-                           help=help_text)
+            # the element type from the annotation (`list[float]`, `list[str]`, ...)
+            elem = next((t for t in (float, int) if f"[{t.__name__}]" in str(f.type)), str)
+            g.add_argument(flag, type=lambda s, elem=elem: [elem(x) for x in s.split(",") if x],
+                           default=default, metavar="A,B", help=help_text)
         else:
             g.add_argument(flag, type=type(default), default=default, help=help_text)
+
+
+def argparse_help(text: str) -> str:
+    """A dataclass field's help as argparse takes it: '%' is argparse's format character."""
+    return text.replace("%", "%%")
 
 
 def dataclass_from_args(args: argparse.Namespace, cls, prefix: str = ""):
@@ -128,9 +170,34 @@ def dataclass_from_args(args: argparse.Namespace, cls, prefix: str = ""):
     return cls(**kw)
 
 
-def spark_to_pandas(df):
-    """toPandas with Arrow; arrays of timestamps come back as numpy datetime64 values."""
-    return df.toPandas()
+# Flags of the reasoning sampler (r2ec.config.SamplingConfig) in the scoring jobs: flag, field,
+# argparse type. Defaults and help come from the dataclass, so they are written once.
+SAMPLING_FLAGS = (("--temperature", "temperature", float),
+                  ("--sampling-top-k", "top_k", bounded_int(0, 1_000_000)),
+                  ("--top-p", "top_p", float),
+                  ("--max-new-tokens", "max_new_tokens", bounded_int(1, MAX_NEW_TOKENS)),
+                  ("--min-new-tokens", "min_new_tokens", bounded_int(0, MAX_NEW_TOKENS)),
+                  ("--sampling-seed", "seed", int))
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """The reasoning sampler's flags (`SAMPLING_FLAGS`), one group; `sampling_from_args` reads
+    them back as a SamplingConfig."""
+    import dataclasses
+
+    from r2ec.config import SamplingConfig
+
+    fields = {f.name: f for f in dataclasses.fields(SamplingConfig)}
+    g = p.add_argument_group("reasoning sampler (r2ec.config.SamplingConfig)")
+    for flag, name, kind in SAMPLING_FLAGS:
+        g.add_argument(flag, dest=f"sampling_{name}", type=kind, default=fields[name].default,
+                       help=argparse_help(fields[name].metadata["help"]))
+
+
+def sampling_from_args(a: argparse.Namespace):
+    from r2ec.config import SamplingConfig
+
+    return SamplingConfig(**{name: getattr(a, f"sampling_{name}") for _, name, _ in SAMPLING_FLAGS})
 
 
 CONFIG_SECTIONS = {"model": "", "warmstart": "ws_", "recpo": "rl_"}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +53,8 @@ _UPGRADE_HINTS = {
                   "publish the old rows as run legacy-<run_date>",
     "evaluations": "run jobs/evaluate.py once: it adds the data_version column, nothing else "
                    "changes",
+    "published_runs": "run jobs/publish.py or jobs/score.py once: they add the error_users "
+                      "column, nothing else changes",
     "eval_rankings": "its sample ids belong to an older sample numbering: move the folder aside "
                      "and re-run jobs/evaluate.py for the models you need",
 }
@@ -67,11 +70,17 @@ def exists(spark: SparkSession, warehouse: str | Path, spec: TableSpec) -> bool:
     return DeltaTable.isDeltaTable(spark, table_path(warehouse, spec))
 
 
-def read(spark: SparkSession, warehouse: str | Path, spec: TableSpec) -> DataFrame:
+def read(spark: SparkSession, warehouse: str | Path, spec: TableSpec,
+         version: int | None = None) -> DataFrame:
+    """The table as a DataFrame, its layout checked against `spec`; `version`: that snapshot
+    (Delta time travel), so a job reads one version however the table moves meanwhile."""
     path = table_path(warehouse, spec)
     if not DeltaTable.isDeltaTable(spark, path):
         raise TableMissing(f"table {spec.name!r} does not exist at {path}; run the job that writes it")
-    table = spark.read.format("delta").load(path)
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    table = reader.load(path)
     check_layout(spark, warehouse, spec, table)
     return table
 
@@ -191,9 +200,26 @@ def _slow_identity(seconds: float):
     return fn
 
 
-def _maybe_slowed(df: DataFrame) -> DataFrame:
-    """Test hook: R2EC_FAULT_SLOW_WRITE_S stretches the data-writing stage so that a test can
-    SIGKILL a job while its files are being written (before the Delta commit)."""
+def _held_identity(path: str):
+    def fn(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        while os.path.exists(path):
+            time.sleep(0.2)
+        yield from batches
+
+    return fn
+
+
+def slowed(df: DataFrame, table: str | None = None) -> DataFrame:
+    """Test hooks, inside a write's transaction (after it read its snapshot, before its
+    commit). R2EC_FAULT_SLOW_WRITE_S stretches the data-writing stage so that a test can
+    SIGKILL a job while its files are being written. R2EC_FAULT_HOLD_WRITE=TABLE:FILE holds
+    the writes of TABLE while FILE exists, so that a test can hold two jobs' transactions open
+    at once and then let both commit."""
+    hold = os.environ.get("R2EC_FAULT_HOLD_WRITE", "")
+    if hold and table is not None and hold.split(":", 1)[0] == table:
+        path = hold.split(":", 1)[1]
+        log.warning("R2EC_FAULT_HOLD_WRITE: holding the write of %s while %s exists", table, path)
+        df = df.mapInPandas(_held_identity(path), df.schema)
     seconds = float(os.environ.get("R2EC_FAULT_SLOW_WRITE_S", "0") or 0)
     if seconds <= 0:
         return df
@@ -235,7 +261,7 @@ def merge_into(
         version = str(dt.history(1).first()["version"])
         log.info("%s: nothing new or changed, no commit (version %s)", spec.name, version)
         return {"version": version, "numTargetRowsInserted": "0", "numTargetRowsUpdated": "0"}
-    df = _maybe_slowed(df)
+    df = slowed(df, spec.name)
     on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in spec.key)
 
     def run_merge() -> None:
@@ -250,6 +276,22 @@ def merge_into(
     return metrics
 
 
+def delete_matching(keys: DataFrame, spec: TableSpec, warehouse: str | Path,
+                    on: list[str]) -> int:
+    """Delete the rows of the table that match a row of `keys` on the columns `on` (one MERGE
+    commit, none when nothing matches). Returns the number of rows deleted."""
+    spark = keys.sparkSession
+    if keys.isEmpty():
+        return 0
+    dt = ensure_table(spark, warehouse, spec)
+    cond = " AND ".join(f"t.`{c}` = s.`{c}`" for c in on)
+    with_conflict_retry(lambda: dt.alias("t").merge(keys.alias("s"), cond)
+                        .whenMatchedDelete().execute(), f"{spec.name} delete")
+    metrics = _last_commit_metrics(dt)
+    log.info("%s: deleted -> version %s %s", spec.name, metrics["version"], _short(metrics))
+    return int(metrics.get("numTargetRowsDeleted", 0))
+
+
 def replace_partition(
     df: DataFrame, spec: TableSpec, warehouse: str | Path, column: str, value: str
 ) -> dict[str, str]:
@@ -257,6 +299,23 @@ def replace_partition(
     if column not in spec.partition_by:
         raise ValueError(f"{spec.name}: {column!r} is not a partition column")
     return replace_where(df, spec, warehouse, {column: value})
+
+
+def sql_identifier(name: str) -> str:
+    """A column name as a quoted SQL identifier; only the schemas' own names are accepted."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", name):
+        raise ValueError(f"not a column name: {name!r}")
+    return f"`{name}`"
+
+
+def sql_string(value: object) -> str:
+    """A value as a Spark SQL string literal: backslashes and quotes escaped, so that no value
+    can end the literal and add to the predicate (callers validate values too; this does not
+    rely on it)."""
+    text = str(value)
+    if "\x00" in text:
+        raise ValueError("a NUL character in a predicate value")
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def replace_where(
@@ -271,9 +330,9 @@ def replace_where(
         raise ValueError(f"{spec.name}: rows outside {where} in a replaceWhere write")
     spark = df.sparkSession
     ensure_table(spark, warehouse, spec)
-    predicate = " AND ".join(f"`{c}` = '{v}'" for c, v in where.items())
+    predicate = " AND ".join(f"{sql_identifier(c)} = {sql_string(v)}" for c, v in where.items())
     with_conflict_retry(lambda: (
-        _maybe_slowed(df)
+        slowed(df, spec.name)
         .write.format("delta")
         .mode("overwrite")
         .option("replaceWhere", predicate)
@@ -291,7 +350,7 @@ def append(df: DataFrame, spec: TableSpec, warehouse: str | Path) -> dict[str, s
     df = conform(df, spec)
     spark = df.sparkSession
     ensure_table(spark, warehouse, spec)
-    with_conflict_retry(lambda: _maybe_slowed(df).write.format("delta").mode("append")
+    with_conflict_retry(lambda: slowed(df, spec.name).write.format("delta").mode("append")
                         .save(table_path(warehouse, spec)), f"{spec.name} append")
     metrics = _last_commit_metrics(DeltaTable.forPath(spark, table_path(warehouse, spec)))
     log.info("%s: appended -> version %s %s", spec.name, metrics["version"], _short(metrics))
@@ -303,7 +362,7 @@ def overwrite(df: DataFrame, spec: TableSpec, warehouse: str | Path) -> dict[str
     whole, so an older layout is simply replaced by the current one (overwriteSchema)."""
     df = conform(df, spec)
     spark = df.sparkSession
-    writer = _maybe_slowed(df).write.format("delta").mode("overwrite")
+    writer = slowed(df, spec.name).write.format("delta").mode("overwrite")
     if layout_differences(spark, warehouse, spec):
         log.warning("%s: older layout on disk, replaced by this version's", spec.name)
         writer = writer.option("overwriteSchema", "true")

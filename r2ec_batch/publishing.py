@@ -12,9 +12,16 @@
   a challenger can be published in parallel.
 
 Readers take the newest publication per (run_date, variant) (`live_runs`) and join on it
-(`published`); the README gives the same query in SQL and for deltalake. Before writing a new
-run, `drop_unpublished` deletes the (run_date, variant)'s earlier runs that are not published,
-so re-running a date keeps at most two runs there: the published one and the new one.
+(`published`); the README gives the same query in SQL and for deltalake.
+
+Clean-up without a race: a run that was never published can be published only within
+`PUBLISH_WINDOW` of being written, and `drop_unpublished` (run by jobs/maintain_tables.py)
+deletes only never-published runs older than `UNPUBLISHED_RETENTION`, which is longer. So a
+run is either publishable or deletable, never both, and no clean-up can delete a run between
+its audit and its publication. (Scoring used to delete the date's unpublished runs before
+writing its own; a `publish` running at that moment published a run whose rows were gone, and
+readers saw none.) Runs that were published once are kept: a roll-back can always return to
+one.
 """
 
 from __future__ import annotations
@@ -22,19 +29,27 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from datetime import date, datetime, timezone
+import time
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from r2ec.config import FALLBACK_ERROR
 from r2ec_batch import cli, delta_io, registry
+from r2ec_batch import live_runs as live_rule
 from r2ec_batch.schemas import PUBLISHED_RUNS, RATIONALES, RECOMMENDATIONS, USER_HISTORIES, TableSpec
 
 log = logging.getLogger(__name__)
 CHAMPION = "champion"
 RUN_TABLES = (RECOMMENDATIONS, RATIONALES)
+PUBLISH_WINDOW = timedelta(days=3)
+UNPUBLISHED_RETENTION = timedelta(days=7)
+# The audit's default budget of users scored with an error: 0.1%, a few users of a million-user
+# night (a strange title, one prompt too long), never a systemic fault.
+MAX_ERROR_RATE = 0.001
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -43,11 +58,20 @@ def new_run_id(now: datetime | None = None) -> str:
     return f"{now:%Y%m%dT%H%M%S%f}Z-{secrets.token_hex(3)}"
 
 
+def run_time(run_id: str) -> datetime | None:
+    """When a run was written (UTC, naive), from its id; None for 'legacy-<date>' runs."""
+    try:
+        return datetime.strptime(run_id.split("Z-", 1)[0], "%Y%m%dT%H%M%S%f")
+    except ValueError:
+        return None
+
+
 def live_runs(spark: SparkSession, warehouse: str | Path) -> DataFrame:
-    """The newest publication of each (run_date, variant): what readers see."""
+    """The newest publication of each (run_date, variant): what readers see (the rule of
+    r2ec_batch.live_runs, as a Spark window)."""
     if not delta_io.exists(spark, warehouse, PUBLISHED_RUNS):
         return spark.createDataFrame([], PUBLISHED_RUNS.schema)
-    newest = Window.partitionBy("run_date", "variant").orderBy(F.desc("published_at"))
+    newest = Window.partitionBy(*live_rule.KEY).orderBy(F.desc(live_rule.ORDER))
     return (delta_io.read(spark, warehouse, PUBLISHED_RUNS)
             .withColumn("_n", F.row_number().over(newest)).filter("_n = 1").drop("_n"))
 
@@ -62,47 +86,72 @@ def published(spark: SparkSession, warehouse: str | Path, spec: TableSpec,
     return rows.join(live, ["run_date", "variant", "run_id"], "left_semi")
 
 
+def was_published(spark, warehouse, run_id: str) -> bool:
+    return delta_io.exists(spark, warehouse, PUBLISHED_RUNS) and not delta_io.read(
+        spark, warehouse, PUBLISHED_RUNS).filter(F.col("run_id") == run_id).isEmpty()
+
+
 def live_run_id(spark, warehouse, run_date: date, variant: str) -> str | None:
     row = live_runs(spark, warehouse).filter(
         (F.col("run_date") == F.lit(run_date)) & (F.col("variant") == variant)).first()
     return row["run_id"] if row else None
 
 
+def run_age_order(run_id):
+    """A sort key of run ids by age, as a Spark column: 'legacy-<date>' runs (migrated from the
+    layout before runs existed) are older than every run of the '<UTC time>Z-<hex>' form, whose
+    text sorts by time. (As plain strings 'legacy-' sorted after '2026...', so the newest run of
+    a migrated date was taken to be the legacy one.)"""
+    col = F.col(run_id) if isinstance(run_id, str) else run_id
+    return F.when(col.startswith("legacy-"), F.concat(F.lit("0"), col)).otherwise(
+        F.concat(F.lit("1"), col))
+
+
 def newest_run_id(spark, warehouse, run_date: date, variant: str) -> str | None:
     """The latest run written for (run_date, variant), published or not."""
     if not delta_io.exists(spark, warehouse, RECOMMENDATIONS):
         return None
-    return delta_io.read(spark, warehouse, RECOMMENDATIONS).filter(
-        (F.col("run_date") == F.lit(run_date)) & (F.col("variant") == variant)
-    ).agg(F.max("run_id")).first()[0]
+    row = (delta_io.read(spark, warehouse, RECOMMENDATIONS)
+           .filter((F.col("run_date") == F.lit(run_date)) & (F.col("variant") == variant))
+           .select("run_id").distinct().orderBy(run_age_order("run_id").desc()).first())
+    return row[0] if row else None
 
 
-def drop_unpublished(spark, warehouse, run_date: date, variant: str) -> int:
-    """Delete the (run_date, variant)'s runs other than the published one; returns how many
-    runs went. A run being written concurrently for the same pair would go too: the DAG runs
-    one scoring per pair at a time (max_active_runs=1)."""
-    keep = live_run_id(spark, warehouse, run_date, variant)
+def drop_unpublished(spark, warehouse, older_than: timedelta = UNPUBLISHED_RETENTION,
+                     now: datetime | None = None) -> int:
+    """Delete the runs that were never published and were written more than `older_than` ago
+    (failed audits, runs killed half-way, re-runs that were not published); returns how many
+    runs went. Refuses a retention shorter than the publish window (see the module notes)."""
+    if older_than <= PUBLISH_WINDOW:
+        raise ValueError(f"unpublished runs must be kept longer than the publish window "
+                         f"({PUBLISH_WINDOW}); got {older_than}")
+    cutoff = (now or datetime.now(timezone.utc).replace(tzinfo=None)) - older_than
+    ever = set()
+    if delta_io.exists(spark, warehouse, PUBLISHED_RUNS):
+        ever = {r[0] for r in delta_io.read(spark, warehouse, PUBLISHED_RUNS).select("run_id")
+                .distinct().collect()}
     dropped = set()
     for spec in RUN_TABLES:
         if not delta_io.exists(spark, warehouse, spec):
             continue
-        cond = ((F.col("run_date") == F.lit(run_date)) & (F.col("variant") == F.lit(variant)))
-        if keep is not None:
-            cond = cond & (F.col("run_id") != F.lit(keep))
-        stale = [r[0] for r in delta_io.read(spark, warehouse, spec).filter(cond)
-                 .select("run_id").distinct().collect()]
+        ids = [r[0] for r in delta_io.read(spark, warehouse, spec).select("run_id").distinct()
+               .collect()]
+        stale = sorted(i for i in ids if i not in ever and (run_time(i) or cutoff) < cutoff)
         if stale:  # no DELETE (and no empty commit) when there is nothing to drop
-            DeltaTable.forPath(spark, delta_io.table_path(warehouse, spec)).delete(cond)
+            DeltaTable.forPath(spark, delta_io.table_path(warehouse, spec)).delete(
+                F.col("run_id").isin(stale))
             dropped.update(stale)
     if dropped:
-        log.info("dropped %d unpublished run(s) of %s/%s: %s", len(dropped), run_date, variant,
-                 ", ".join(sorted(dropped)))
+        log.info("dropped %d run(s) never published and older than %s: %s", len(dropped),
+                 older_than, ", ".join(sorted(dropped)[:10]))
     return len(dropped)
 
 
 def audit(spark, warehouse, run_date: date, variant: str, run_id: str, as_of: date,
-          top_k: int, model_version: str | None = None) -> tuple[dict[str, bool], dict]:
-    """({check: passed}, counts) for one run against user_histories as of `as_of`."""
+          top_k: int, model_version: str | None = None,
+          max_error_rate: float = MAX_ERROR_RATE) -> tuple[dict[str, bool], dict]:
+    """({check: passed}, counts) for one run against user_histories as of `as_of`; at most
+    `max_error_rate` of the users may have been scored with an error (fallback 'error')."""
     def rows(spec):
         return delta_io.read(spark, warehouse, spec).filter(
             (F.col("run_date") == F.lit(run_date)) & (F.col("variant") == variant)
@@ -115,6 +164,7 @@ def audit(spark, warehouse, run_date: date, variant: str, run_id: str, as_of: da
         F.min("rank").alias("lo"), F.max("rank").alias("hi"))
     users = hist.select("user_id").distinct()
     n_users, n_recs, n_rats = users.count(), recs.count(), rats.count()
+    n_errors = rats.filter(F.col("fallback") == FALLBACK_ERROR).count()
     versions = {r[0] for r in recs.select("model_version").union(rats.select("model_version"))
                 .distinct().collect()}
     checks = {
@@ -133,8 +183,11 @@ def audit(spark, warehouse, run_date: date, variant: str, run_id: str, as_of: da
             and rats.select("user_id").subtract(users).isEmpty(),
         "all rows come from one model" + (f" ({model_version})" if model_version else ""):
             len(versions) == 1 and (model_version is None or versions == {model_version}),
+        f"users scored with an error <= {max_error_rate:.2%} of users ({n_errors:,})":
+            n_errors <= max_error_rate * n_users,
     }
     counts = {"users": n_users, "recommendations": n_recs, "rationales": n_rats,
+              "errors": n_errors,
               "model_version": next(iter(versions)) if len(versions) == 1 else None}
     recs.unpersist()
     rats.unpersist()
@@ -149,22 +202,39 @@ def print_checks(checks: dict[str, bool]) -> bool:
 
 
 def publish_if_sound(spark, warehouse, run_date: date, variant: str, run_id: str, as_of: date,
-                     top_k: int, model_version: str | None, job: str) -> int:
+                     top_k: int, model_version: str | None, job: str,
+                     max_error_rate: float = MAX_ERROR_RATE) -> int:
     """Audit the run and publish it if every check passes. Returns the job's exit status: 0
     published, 1 a check failed (printed; nothing published, readers keep the previous run).
-    Under Airflow the publication records the DAG run that made it, else `job`."""
-    checks, counts = audit(spark, warehouse, run_date, variant, run_id, as_of, top_k, model_version)
+    Under Airflow the publication records the DAG run that made it, else `job`. A run never
+    published before is refused once it is older than PUBLISH_WINDOW: clean-up may delete it."""
+    written = run_time(run_id)
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    if written is not None and now - written > PUBLISH_WINDOW and not was_published(
+            spark, warehouse, run_id):
+        raise cli.JobError(f"run {run_id} was written {now - written} ago and never published; "
+                           f"runs are publishable for {PUBLISH_WINDOW} (clean-up deletes "
+                           "never-published runs after that): score the date again")
+    checks, counts = audit(spark, warehouse, run_date, variant, run_id, as_of, top_k, model_version,
+                           max_error_rate)
     if not print_checks(checks):
         failed = sum(not ok for ok in checks.values())
         print(f"error: run {run_id} ({run_date}, {variant}) failed {failed} check(s); nothing "
               "was published, readers still see the previous run", flush=True)
         return 1
+    hold = os.environ.get("R2EC_FAULT_HOLD_PUBLISH")
+    if hold:  # test hook: keep the audited run unpublished while this file exists (<= 10 min)
+        log.warning("R2EC_FAULT_HOLD_PUBLISH=%s: audited, holding before publishing", hold)
+        print(f"audited run {run_id}; holding while {hold} exists", flush=True)
+        deadline = time.time() + 600
+        while os.path.exists(hold) and time.time() < deadline:
+            time.sleep(0.2)
     dag_run = os.environ.get("AIRFLOW_CTX_DAG_RUN_ID")  # set by Airflow for the tasks it runs
     by = f"airflow {os.environ.get('AIRFLOW_CTX_DAG_ID', '?')} {dag_run}" if dag_run else job
     publish(spark, warehouse, run_date, variant, run_id, as_of, top_k, counts, by)
     print(f"published run {run_id} for {run_date} / {variant}: {counts['users']:,} users, "
-          f"{counts['recommendations']:,} recommendations, model {counts['model_version']}",
-          flush=True)
+          f"{counts['recommendations']:,} recommendations, {counts['errors']:,} scored with an "
+          f"error, model {counts['model_version']}", flush=True)
     return 0
 
 
@@ -172,14 +242,17 @@ def publish(spark, warehouse, run_date: date, variant: str, run_id: str, as_of: 
             counts: dict, by: str) -> dict[str, str]:
     """Make an audited run the one readers see for (run_date, variant): one append."""
     row = [(run_date, variant, run_id, counts["model_version"], as_of, top_k, counts["users"],
-            counts["recommendations"], datetime.now(timezone.utc).replace(tzinfo=None), by)]
+            counts["recommendations"], datetime.now(timezone.utc).replace(tzinfo=None), by,
+            counts.get("errors"))]
     return delta_io.append(spark.createDataFrame(row, PUBLISHED_RUNS.schema), PUBLISHED_RUNS,
                            warehouse)
 
 
 def migrate(spark: SparkSession, warehouse: str | Path) -> None:
     """Tables written before variants and runs existed: their rows become the published
-    'champion' run 'legacy-<run_date>' of their date (rewritten once, new partitioning)."""
+    'champion' run 'legacy-<run_date>' of their date (rewritten once, new partitioning).
+    published_runs from before error counts gets its error_users column (null for old rows)."""
+    delta_io.add_missing_columns(spark, warehouse, PUBLISHED_RUNS)
     for spec in RUN_TABLES:
         if not delta_io.exists(spark, warehouse, spec):
             continue
@@ -215,10 +288,17 @@ def add_run_arguments(p) -> None:
     p.add_argument("--variant", type=cli.variant, default=CHAMPION)
     p.add_argument("--run-id", help="the run to check (default: the newest of the date/variant)")
     p.add_argument("--as-of", type=cli.iso_date, help="user_histories date (default: run date)")
-    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--top-k", type=cli.bounded_int(1, cli.MAX_TOP_K), default=10)
     p.add_argument("--model", default=None,
                    help="model the rows must come from ('champion' or a checkpoint); default: "
                         "any one model")
+    add_error_rate_argument(p)
+
+
+def add_error_rate_argument(p) -> None:
+    p.add_argument("--max-error-rate", type=cli.bounded_float(0.0, 1.0), default=MAX_ERROR_RATE,
+                   help="the audit refuses a run in which more than this share of users was "
+                        "scored with an error (popular list, fallback 'error')")
 
 
 def find_run(spark, a) -> tuple[str, str | None]:

@@ -17,7 +17,7 @@ from r2ec import checkpoint
 from r2ec_batch import delta_io, storage
 from r2ec_batch.artifacts import ModelRef, open_model
 from r2ec_batch.cli import JobError
-from r2ec_batch.schemas import MODEL_REGISTRY
+from r2ec_batch.schemas import MODEL_REGISTRY, conform
 
 
 def _now() -> datetime:
@@ -37,39 +37,49 @@ def champion(spark: SparkSession, warehouse) -> Row | None:
     return champs[0] if champs else None
 
 
-def resolve(spark: SparkSession, warehouse, model: str) -> str:
-    """`champion` -> the champion's location; anything else is a checkpoint location (a folder
-    or a URI)."""
+def resolve(spark: SparkSession, warehouse, model: str) -> tuple[str, str | None]:
+    """(location, registered version): `champion` -> the champion's folder and the version the
+    registry promoted; anything else is a checkpoint location (a folder or a URI), whose
+    version is whatever it holds (None here)."""
     if model != "champion":
-        return storage.resolve(model)
+        return storage.resolve(model), None
     row = champion(spark, warehouse)
     if row is None:
         raise JobError("no champion in model_registry; run `make run` or jobs/build_model.py "
                        "--register champion, or pass --model DIR")
-    return row["path"]
+    return row["path"], checkpoint.check_version(row["model_version"], "model_registry")
 
 
 def resolve_verified(spark: SparkSession, warehouse, model: str) -> ModelRef:
     """`resolve`, then a local copy (remote checkpoints are cached by version) whose files are
-    checked against the manifest. A missing or corrupted checkpoint is a one-line job error,
-    before any work starts."""
-    location = resolve(spark, warehouse, model)
+    checked against the manifest. The champion is a version, not a folder: a folder that now
+    holds another version (rebuilt, or a fine-tune rewrote it) is refused, naming both. A
+    missing or corrupted checkpoint is a one-line job error, before any work starts."""
+    location, version = resolve(spark, warehouse, model)
     try:
-        return open_model(location)
+        return open_model(location, expect_version=version)
     except (checkpoint.CheckpointError, FileNotFoundError) as e:
-        raise JobError(str(e)) from e
+        raise JobError(f"champion: {e}" if version else str(e)) from e
+
+
+UPDATED = ["path", "status", "valid_ndcg10", "metrics_json", "config_json", "updated_at"]
 
 
 def register(spark: SparkSession, warehouse, manifest: dict, path: str | Path, status: str,
              valid_ndcg10: float | None = None, metrics: dict | None = None,
              config: dict | None = None) -> None:
-    """Add or update one model's row. status 'champion' also retires the current champion."""
+    """Add or update one model's row. status 'champion' also retires the current champion in
+    the same commit: one MERGE whose `not matched by source` clause retires every other row
+    that is champion *in the snapshot the MERGE itself reads*. Delta refuses to commit it when
+    another promotion committed after that read (the MERGE reads the whole table), and the
+    retry runs against the new snapshot, so exactly one champion remains under concurrent
+    promotions: the last to commit. (Computing the retirements from an earlier read let two
+    concurrent promotions each retire only the old champion, and both stayed champion.)"""
     if status not in ("candidate", "champion", "rejected", "retired"):
         raise ValueError(f"bad status {status!r}")
+    version = checkpoint.check_version(manifest["model_version"], "register")
     now = _now()
-    existing = {r["model_version"]: r for r in rows(spark, warehouse)}
-    version = manifest["model_version"]
-    old = existing.get(version)
+    old = next((r for r in rows(spark, warehouse) if r["model_version"] == version), None)
     new = Row(
         model_version=version, path=storage.resolve(path), status=status,
         parent_version=manifest.get("parent_version"), stage=manifest.get("stage", "unknown"),
@@ -78,28 +88,19 @@ def register(spark: SparkSession, warehouse, manifest: dict, path: str | Path, s
         config_json=json.dumps(config) if config else (old["config_json"] if old else None),
         created_at=old["created_at"] if old else now, updated_at=now,
     )
-    batch = [new]
-    if status == "champion":
-        batch += [r.asDict() | {"status": "retired", "updated_at": now}
-                  for v, r in existing.items() if r["status"] == "champion" and v != version]
-        batch = [Row(**(b if isinstance(b, dict) else b.asDict())) for b in batch]
-    df = spark.createDataFrame(batch, schema=MODEL_REGISTRY.schema)
-    delta_io.merge_into(df, MODEL_REGISTRY, warehouse, update_columns=[
-        "path", "status", "valid_ndcg10", "metrics_json", "config_json", "updated_at"])
+    df = spark.createDataFrame([new], schema=MODEL_REGISTRY.schema)
+    if status != "champion":
+        delta_io.merge_into(df, MODEL_REGISTRY, warehouse, update_columns=UPDATED)
+        return
+    dt = delta_io.ensure_table(spark, warehouse, MODEL_REGISTRY)
+    source = delta_io.slowed(conform(df, MODEL_REGISTRY))
 
+    def merge() -> None:
+        (dt.alias("t").merge(source.alias("s"), "t.model_version = s.model_version")
+         .whenMatchedUpdate(set={c: f"s.`{c}`" for c in UPDATED})
+         .whenNotMatchedInsertAll()
+         .whenNotMatchedBySourceUpdate(condition="t.status = 'champion'", set={
+             "status": F.lit("retired"), "updated_at": F.lit(now)})
+         .execute())
 
-def set_status(spark: SparkSession, warehouse, version: str, status: str) -> None:
-    current = {r["model_version"]: r for r in rows(spark, warehouse)}
-    if version not in current:
-        raise JobError(f"model {version} is not in model_registry")
-    r = current[version]
-    register(spark, warehouse, {"model_version": version, "parent_version": r["parent_version"],
-                                "stage": r["stage"]}, r["path"], status)
-
-
-def latest_valid_metric(spark: SparkSession, warehouse, version: str) -> float | None:
-    if not delta_io.exists(spark, warehouse, MODEL_REGISTRY):
-        return None
-    r = (delta_io.read(spark, warehouse, MODEL_REGISTRY)
-         .filter(F.col("model_version") == version).select("valid_ndcg10").first())
-    return r["valid_ndcg10"] if r else None
+    delta_io.with_conflict_retry(merge, "model_registry promotion", attempts=6)

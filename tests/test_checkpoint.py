@@ -84,3 +84,39 @@ def test_older_prompt_format_is_refused(tiny_model_dir, tmp_path):
     (d / checkpoint.R2EC_CONFIG).write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="prompt format 1"):
         checkpoint.load(d, check=False)
+
+
+def test_files_outside_the_manifest_are_refused(tiny_model_dir, tmp_path):
+    """What loading would read unchecked: an added file (transformers reads added_tokens.json,
+    peft an adapter/), and manifest names that point outside the folder."""
+    import json
+
+    d = tmp_path / "ckpt"
+    shutil.copytree(tiny_model_dir, d)
+    (d / "added_tokens.json").write_text('{"<evil>": 5}')
+    with pytest.raises(CheckpointError, match=r"not covered by the manifest: \['added_tokens.json'\]"):
+        checkpoint.load(d)
+    (d / "added_tokens.json").unlink()
+    (d / "adapter").mkdir()
+    (d / "adapter" / "adapter_config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="adapter/adapter_config.json"):
+        checkpoint.verify(d)
+    shutil.rmtree(d / "adapter")
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("outside")
+    manifest = json.loads((d / "manifest.json").read_text())
+    for name in ("../secret.txt", str(secret), "sub/../../secret.txt"):
+        bad = dict(manifest, files={**manifest["files"], name: checkpoint.sha256_file(secret)})
+        (d / "manifest.json").write_text(json.dumps(bad))
+        with pytest.raises(CheckpointError, match="is not a file inside the checkpoint"):
+            checkpoint.verify(d)
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    assert checkpoint.verify(d)["model_version"] == manifest["model_version"]
+
+
+def test_model_versions_have_one_exact_form():
+    assert checkpoint.check_version("r2ec-0123456789ab") == "r2ec-0123456789ab"
+    for bad in ("../../victim", "/../../../../", "r2ec-0123456789aB", "r2ec-0123456789abc", 5, None):
+        with pytest.raises(CheckpointError, match="is not a model version"):
+            checkpoint.check_version(bad)

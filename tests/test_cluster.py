@@ -3,12 +3,14 @@
 A standalone cluster (one master, two workers; separate JVMs from the pyspark inside the
 packaged environment) and an S3 server (moto) on 127.0.0.1, both started here and stopped at the
 end. Every job is submitted with that environment's spark-submit, as on a cluster node: Python
-from `dist/r2ec-env.tar` (unpacked once, as a node image would be), the project from the wheel
-inside it, never from this checkout. Tables, model and index live on s3a://; executors fetch
-the model and the index into their own cache. The tables must equal those of local mode on the
-same slice, and a worker killed in the middle of scoring must not change the output.
+from `dist/deps/r2ec-deps.tar` (unpacked once and kept, as a node image would be) with the
+project's wheel installed into it, never from this checkout. The pipeline runs as one
+application (tests/cluster_pipeline.py); the kill test submits score.py alone. Tables, model
+and index live on s3a://; executors fetch the model and the index into their own cache. The
+tables must equal those of local mode on the same slice, and a worker killed in the middle of
+scoring must not change the output.
 
-Needs `make dist` and `make jars-s3a` (both part of `make test`).
+Needs `make dist-test` and `make jars-s3a` (both part of `make test`).
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ from tests.conftest import ML100K_AS_OF, REPO
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-ENV_ARCHIVE = REPO / "dist" / "r2ec-env.tar"
+DEPS_ARCHIVE = REPO / "dist" / "deps" / "r2ec-deps.tar"
 S3A_JARS = REPO / ".jars" / "s3a"
+PIPELINE = REPO / "tests" / "cluster_pipeline.py"
 BUCKET = "r2ec-test"
 RUN, RUN_KILLED = "1998-04-23", "1998-04-24"
 SLICE_USERS = 60
@@ -74,21 +77,39 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=30)
 
 
+def _unpacked_deps() -> Path:
+    """dist/deps' archive unpacked once per archive (6 GB, minutes on 2 cores), kept beside it
+    for later runs as a node image keeps its environment; a different archive (new pins) gets a
+    new folder and the old one is removed. Unpacked under a temporary name and renamed, so an
+    interrupted unpack is never taken for a whole one."""
+    st = DEPS_ARCHIVE.stat()
+    cache = REPO / "dist" / "node-env"
+    env = cache / f"{st.st_size}-{st.st_mtime_ns}"
+    if not (env / "bin" / "python").exists():
+        shutil.rmtree(cache, ignore_errors=True)
+        partial = cache / "unpacking"
+        partial.mkdir(parents=True)
+        subprocess.run(["tar", "-xf", str(DEPS_ARCHIVE), "-C", str(partial)], check=True)
+        partial.rename(env)
+    return env
+
+
 @pytest.fixture(scope="module")
-def node_env(tmp_path_factory):
-    """The packaged environment, unpacked the way a node image or --archives would hold it."""
-    if not ENV_ARCHIVE.is_file() or not any(S3A_JARS.glob("hadoop-aws-*.jar")):
-        pytest.fail("the cluster tests need `make dist` and `make jars-s3a` (make test runs both)")
-    env = tmp_path_factory.mktemp("node") / "env"
-    env.mkdir()
-    subprocess.run(["tar", "-xf", str(ENV_ARCHIVE), "-C", str(env)], check=True)
+def node_env():
+    """The node's environment: the deps archive unpacked, the project's wheel installed into it
+    (what `make dist` packs into dist/r2ec-env.tar), never this checkout."""
+    wheels = sorted((REPO / "dist").glob("r2ec_batch-*.whl"))
+    if not DEPS_ARCHIVE.is_file() or not wheels or not any(S3A_JARS.glob("hadoop-aws-*.jar")):
+        pytest.fail("the cluster tests need `make dist-test` and `make jars-s3a` (make test runs both)")
+    env = _unpacked_deps()
+    subprocess.run([str(env / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps",
+                    "--force-reinstall", "--no-index", str(wheels[-1])], check=True)
     probe = subprocess.run([str(env / "bin" / "python"), "-c",
                             "import r2ec_batch.jobs.score, r2ec, torch, faiss, s3fs; "
                             "print(r2ec_batch.__file__)"],
                            capture_output=True, text=True, cwd=env, check=True)
     assert str(env) in probe.stdout, "the project must come from the packaged environment"
-    yield env
-    shutil.rmtree(env, ignore_errors=True)  # ~6 GB; pytest keeps its last three temp folders
+    return env
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +206,8 @@ class Cluster:
         for k, v in conf.items():
             cmd += ["--conf", f"{k}={v}"]
         site = self.spark_home.parent
-        cmd += [str(site / "r2ec_batch" / "jobs" / f"{job}.py"), *args]
+        entry = PIPELINE if job == "pipeline" else site / "r2ec_batch" / "jobs" / f"{job}.py"
+        cmd += [str(entry), *args]
         env = {**self.daemon_env, "PYSPARK_DRIVER_PYTHON": f"{self.env}/bin/python",
                "R2EC_CACHE_DIR": str(self.root / "driver-cache"), "HF_HUB_OFFLINE": "1"}
         if background:
@@ -249,11 +271,14 @@ def cluster_run(cluster, local_run, data_slice):
     storage.publish_dir(data_slice, raw)
     storage.publish_dir(model, model_uri, last="manifest.json")
     w, m = ["--warehouse", wh], ["--model", model_uri]
-    cluster.submit("ingest", "--source", "ml-100k", "--path", raw, *w)
-    cluster.submit("build_histories", "--as-of", ML100K_AS_OF, *w)
-    cluster.submit("embed_items", *m, *w)
-    cluster.submit("score", "--run-date", RUN, "--as-of", ML100K_AS_OF, *m, *SCORE_ARGS, *w)
-    cluster.submit("evaluate", *m, *EVAL_ARGS, *w)
+    # One application for the five jobs (one driver, one set of executors); the kill test
+    # below submits score.py on its own, the way a scheduler does.
+    steps = [["ingest", "--source", "ml-100k", "--path", raw, *w],
+             ["build_histories", "--as-of", ML100K_AS_OF, *w],
+             ["embed_items", *m, *w],
+             ["score", "--run-date", RUN, "--as-of", ML100K_AS_OF, *m, *SCORE_ARGS, *w],
+             ["evaluate", *m, *EVAL_ARGS, *w]]
+    cluster.submit("pipeline", json.dumps(steps))
     return wh, model_uri
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from r2ec.model import R2ec
@@ -33,6 +34,7 @@ def test_the_order_splits_each_step_between_processes_and_resumes():
     assert again.next_batch().tolist() == shards[1].next_batch().tolist()
 
 
+@pytest.mark.slow
 def test_two_processes_train_one_model(tiny_model_dir, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -41,15 +43,22 @@ def test_two_processes_train_one_model(tiny_model_dir, tmp_path):
          str(REPO / "tests" / "data_parallel_child.py"), str(tiny_model_dir), str(tmp_path)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-6000:])
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
+    p0, p1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
     assert r0["world"] == r1["world"] == 2
-    assert not set(sum(r0["batches"], [])) & set(sum(r1["batches"], []))  # different data...
-    for name, p in r0["params"].items():  # ...one model: identical to the last bit
-        assert torch.equal(p, r1["params"][name]), name
+    # different data: in every step of both stages, the two processes drew disjoint shares of
+    # the same size (a trainer that ignored its rank would draw the same batches twice)...
+    for stage, steps in (("ws", 4), ("rl", 2)):
+        a, b = r0["drawn"][stage], r1["drawn"][stage]
+        assert len(a) == len(b) >= steps, stage
+        for x, y in zip(a, b, strict=True):
+            assert len(x) == len(y) > 0 and not set(x) & set(y), (stage, x, y)
+    for name, p in p0.items():  # ...one model: identical to the last bit
+        assert torch.equal(p, p1[name]), name
     # the warm start moved the full weights; RecPO moved its LoRA adapters (B starts at 0)
     start = dict(R2ec.load(tiny_model_dir, device="cpu").model.named_parameters())
     now = {n.replace("base_model.model.", "").replace(".base_layer", ""): p
-           for n, p in r0["params"].items()}
+           for n, p in p0.items()}
     assert not torch.equal(now["model.embed_tokens.weight"], start["model.embed_tokens.weight"])
     assert any(p.abs().sum() > 0 for n, p in now.items() if "lora_B" in n)
     assert r0["summaries"][0]["steps"] == 4 and r0["summaries"][1]["steps"] == 2

@@ -7,10 +7,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from r2ec.batching import last_token_states, pad_batch
 from r2ec.config import SamplingConfig
 from r2ec.data import Catalog, histories, times
 from r2ec.model import R2ec
-from r2ec.modeling import last_token_states, pad_batch
 from r2ec.prompts import ANSWER, all_gaps, gap
 from tests.conftest import synthetic_catalog
 
@@ -165,7 +165,7 @@ def test_test_time_scaling_averages_normalised_states(r2ec, data):
     np.testing.assert_allclose(h, want, atol=1e-6)
     with pytest.raises(ValueError, match="temperature"):
         r2ec.reasoned_states(prompts, True, 2, SamplingConfig())
-    from r2ec_batch.jobs.evaluate import eval_mode
+    from r2ec_batch.evaluation import eval_mode
 
     assert [eval_mode(False), eval_mode(True), eval_mode(True, 8, 1.0)] == [
         "no_reasoning", "greedy_reasoning", "reasoning_x8_t1"]

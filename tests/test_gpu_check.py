@@ -25,6 +25,7 @@ def run_check(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, list[d
     return proc, rows
 
 
+@pytest.mark.slow
 def test_cpu_tiny_path_prints_every_row(tmp_path):
     proc, rows = run_check(tmp_path, "--device", "cpu", "--tiny", "--dtype", "bfloat16",
                            "--gradient-checkpointing", "--data", "synthetic",
@@ -43,6 +44,7 @@ def test_cpu_tiny_path_prints_every_row(tmp_path):
     assert len(table) == 2 + len(rows)
 
 
+@pytest.mark.slow
 def test_a_failing_row_fails_the_run(tmp_path):
     """A row that breaks is reported in the table and the exit status is 1."""
     proc, rows = run_check(tmp_path, "--device", "cpu", "--tiny", "--data", "synthetic",

@@ -51,8 +51,11 @@ def test_samples_follow_each_users_timeline(samples, events):
     assert all(len(titles) == len(ids) for titles, ids in pairs)
 
 
-def test_user_histories_as_of(spark, ml_warehouse, events):
-    wh = ml_warehouse
+def test_user_histories_as_of(spark, ml_warehouse, events, tmp_path):
+    import shutil
+
+    wh = tmp_path / "wh"
+    shutil.copytree(ml_warehouse, wh)  # this test's own copy: it adds a date's histories
     hist = DeltaTable(str(wh / "user_histories")).to_pandas()
     latest = hist[hist["as_of_date"].astype(str) == ML100K_AS_OF]
     assert len(latest) == 943 and latest["history_len"].eq(20).all()

@@ -73,7 +73,7 @@ def _write_bad_fixture(folder: Path) -> dict[str, Counter]:
     bad = [
         f"\t1\t4\t{GOOD_TS}",                 # missing user id
         f"10\t999\t3\t{GOOD_TS}",             # unknown item
-        f"10\t6\t3\t{GOOD_TS}",               # item quarantined above -> unknown item
+        f"10\t6\t3\t{GOOD_TS}",               # item quarantined above: says so
         "10\t1\t3\tyesterday",                # unparseable timestamp
         f"10\t2\tfive\t{GOOD_TS}",            # unparseable rating
         f"10\t2\t55\t{GOOD_TS + 1}",          # rating out of range
@@ -88,7 +88,8 @@ def _write_bad_fixture(folder: Path) -> dict[str, Counter]:
     (folder / "bad.inter").write_bytes(inter_bytes)
     return {
         "bad.item": Counter({"missing title": 1, "duplicate item id": 1, "expected 4 fields": 1}),
-        "bad.inter": Counter({"missing user id": 1, "unknown item id": 2,
+        "bad.inter": Counter({"missing user id": 1, "unknown item id": 1,
+                              "item 6: its catalogue row (bad.item line 7) was refused": 1,
                               "unparseable timestamp": 1, "unparseable rating": 1,
                               "rating out of range": 1, "timestamp out of range": 1,
                               "exact duplicate": 1, "same user, item and time": 1,
@@ -206,5 +207,65 @@ def test_amazon2023_format(spark, tmp_path):
     inter = _table(wh, "interactions")
     assert list(inter["item_id"]) == ["B1"] and inter.iloc[0]["rating"] == 5.0
     reasons = sorted(_table(wh, "quarantine")["reason"])
-    assert reasons == ["paper filter: price is not numeric", "paper filter: title of <=1 character",
-                       "unknown item id 'B2'", "unparseable JSON"]
+    assert reasons == ["item B2: its catalogue row (meta.jsonl line 2) was refused",
+                       "paper filter: price is not numeric", "paper filter: title of <=1 character",
+                       "unparseable JSON"]
+
+
+def test_control_bytes_cost_no_item_and_no_event(spark, tmp_path, capsys):
+    """A catalogue whose most popular title holds \\x01 (the byte the old reader split lines
+    on), others with NUL and ESC, an attribute with a control byte; events of those items.
+    Every valid event is accepted, the titles are repaired and listed with their original bytes,
+    an id with a control byte is refused, and an event of a refused item names its row."""
+    data, wh = tmp_path / "in", tmp_path / "wh"
+    data.mkdir()
+    items = [ITEM_HEADER.encode(),
+             b"50\tStar \x01Wars\t1977\tAction Sci-Fi",      # the popular one
+             b"51\tNul\x00 Title\t1990\tDrama",
+             b"52\tEsc \x1b[31mRed\x1b[0m\t1991\tCom\x1bedy",  # ESC in title and genres
+             b"53\tPlain\t1992\tDrama",
+             b"5\x014\tBad id\t1993\tDrama"]                 # a control byte in the id
+    (data / "c.item").write_bytes(b"\n".join(items) + b"\n")
+    events = [f"{u}\t{i}\t4\t{GOOD_TS + 60 * (10 * u + k)}".encode()
+              for k, (u, i) in enumerate((u, i) for u in range(1, 41) for i in ("50",))]
+    events += [f"7\t{i}\t3\t{GOOD_TS + 99 + k}".encode() for k, i in enumerate(("51", "52", "53"))]
+    events += [b"8\t5\x014\t3\t881250949",           # refers to the refused item
+               b"u\x1b9\t53\t3\t881250950",           # control byte in the user id
+               b"9\t53\tbad\x1b[2J" + b"x" * 5000 + b"\t881250951"]  # a long, escaping rating
+    (data / "c.inter").write_bytes(b"\n".join([INTER_HEADER.encode(), *events]) + b"\n")
+    assert ingest.main(["--source", "ml-100k", "--path", str(data), "--warehouse", str(wh)]) == 0
+    out = capsys.readouterr().out
+    assert "c.item: read 5 = accepted 4 + quarantined 1 (3 accepted after repair)" in out
+    assert "c.inter: read 46 = accepted 43 + quarantined 3" in out
+    inter = _table(wh, "interactions")
+    assert (inter["item_id"] == "50").sum() == 40 and len(inter) == 43
+    titles = _table(wh, "items").set_index("item_id")["title"]
+    assert titles["50"] == "Star \ufffdWars (1977)" and titles["51"] == "Nul\ufffd Title (1990)"
+    assert titles["52"] == "Esc \ufffd[31mRed\ufffd[0m (1991)"
+    genres = dict(_table(wh, "items").set_index("item_id").loc["52", "attributes"])["genres"]
+    assert genres == "Com\ufffdedy"
+    q = _table(wh, "quarantine").set_index("line_no")
+    item_q, inter_q = q[q["file"] == "c.item"], q[q["file"] == "c.inter"]
+    assert sorted(item_q[item_q["action"] == "repaired"].index) == [2, 3, 4]
+    assert bytes.fromhex(item_q.loc[2, "raw_bytes_hex"]) == items[1]  # the original bytes
+    assert item_q.loc[6, "reason"] == "item id holds control characters"
+    assert bytes.fromhex(item_q.loc[6, "raw_bytes_hex"]) == items[5]
+    reasons = dict(zip(inter_q.index, inter_q["reason"], strict=True))
+    assert reasons[45] == "item 5\ufffd4: its catalogue row (c.item line 6) was refused"
+    assert reasons[46] == "user id holds control characters"
+    assert reasons[47].startswith("unparseable rating 'bad\ufffd[2Jxxx") and len(reasons[47]) < 100
+    assert not any(c in r for r in q["reason"] for c in "\x00\x01\x1b")
+    assert bytes.fromhex(inter_q.loc[47, "raw_bytes_hex"]) == events[-1]
+
+
+def test_a_second_input_file_is_an_error_not_ignored(spark, tmp_path, capsys):
+    data = tmp_path / "in"
+    data.mkdir()
+    (data / "a.item").write_text(ITEM_HEADER + "\n1\tA\t1990\tDrama\n")
+    for name in ("a.inter", "b.inter"):
+        (data / name).write_text(INTER_HEADER + f"\n1\t1\t4\t{GOOD_TS}\n")
+    with pytest.raises(SystemExit) as e:
+        ingest.cli.run(ingest.main, ["--source", "ml-100k", "--path", str(data),
+                                     "--warehouse", str(tmp_path / "wh")])
+    assert e.value.code == 2
+    assert "2 files match *.inter (a.inter, b.inter)" in capsys.readouterr().err

@@ -112,7 +112,25 @@ def test_promotion_on_paired_intervals(spark, wh, tiny_model_dir, tmp_path, caps
                          "--warehouse", str(wh)]) == 0
     assert "promoted" in capsys.readouterr().out
     assert _status(wh) == {v1: "retired", v2: "rejected", v3: "rejected", v4: "champion"}
-    assert registry.resolve(spark, wh, "champion") == str(d4.resolve())
+    assert registry.resolve(spark, wh, "champion")[0] == str(d4.resolve())
+
+
+def test_require_baseline_refuses_a_first_champion_below_it(spark, wh, tiny_model_dir, tmp_path,
+                                                             capsys):
+    (m1, d1), (m2, d2) = (_model(tiny_model_dir, tmp_path, n, b) for n, b in (("a", 0.0),
+                                                                           ("b", 1e-3)))
+    ids = sorted(DeltaTable(str(wh / "training_samples")).to_pandas().query("split == 'valid'")
+                 ["sample_id"])[:N_PAIRED]
+    _eval(spark, wh, m1["model_version"], {i: 10 for i in ids[::10]})  # far below the baseline
+    args = ["--require-baseline", "--warehouse", str(wh)]
+    assert promote.main(["--candidate", str(d1), *args]) == 3
+    assert "does NOT beat the last-item transition baseline" in capsys.readouterr().out
+    assert _status(wh) == {m1["model_version"]: "rejected"}
+    assert registry.champion(spark, wh) is None  # no champion rather than a poor one
+    _eval(spark, wh, m2["model_version"], {i: 1 for i in ids})  # every target first: above it
+    assert promote.main(["--candidate", str(d2), *args]) == 0
+    assert "promoted" in capsys.readouterr().out
+    assert _status(wh) == {m1["model_version"]: "rejected", m2["model_version"]: "champion"}
 
 
 def test_candidate_without_evaluation_is_refused(spark, wh, tiny_model_dir, tmp_path, capsys):
@@ -120,3 +138,57 @@ def test_candidate_without_evaluation_is_refused(spark, wh, tiny_model_dir, tmp_
     with pytest.raises(SystemExit) as e:
         promote.cli.run(promote.main, ["--candidate", str(d), "--warehouse", str(wh)])
     assert e.value.code == 2 and "run jobs/evaluate.py" in capsys.readouterr().err
+
+
+def test_champion_is_a_version_not_a_folder(spark, wh, tiny_model_dir, tmp_path):
+    """Rebuilding the champion's folder (or a fine-tune rewriting it) used to make every later
+    job serve the new content as 'champion'. The registry pins the version: a folder that now
+    holds another one is refused, naming both; the registered one still resolves."""
+    from r2ec_batch.cli import JobError
+    from r2ec_batch.jobs import embed_items
+
+    (m1, d1), (m2, d2) = (_model(tiny_model_dir, tmp_path, "champ", 0.0),
+                          _model(tiny_model_dir, tmp_path, "other", 0.01))
+    v1, v2 = m1["model_version"], m2["model_version"]
+    registry.register(spark, wh, m1, d1, "champion")
+    assert registry.resolve_verified(spark, wh, "champion").version == v1
+    shutil.rmtree(d1)
+    shutil.copytree(d2, d1)  # the folder now holds a model the promotion gate never saw
+    assert checkpoint.verify(d1)["model_version"] == v2  # it verifies against its own manifest
+    with pytest.raises(JobError, match=f"holds {v2}, but the registry's entry is {v1}"):
+        registry.resolve_verified(spark, wh, "champion")
+    with pytest.raises(JobError, match=v1):
+        embed_items.main(["--warehouse", str(wh)])
+    assert registry.resolve_verified(spark, wh, str(d1)).version == v2  # by path: what it holds
+
+
+@pytest.mark.slow
+def test_concurrent_promotions_leave_exactly_one_champion(spark, wh, tiny_model_dir, tmp_path):
+    """Two promotion processes at once, each MERGE slowed down so that both read the registry
+    before either commits: one of them must meet the other's commit (the log says so) and the
+    table ends with one champion, the last to commit, and the old one retired."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    (mx, dx), (ma, da), (mb, db) = (_model(tiny_model_dir, tmp_path, n, b)
+                                    for n, b in (("x", 0.0), ("a", 1e-3), ("b", 2e-3)))
+    registry.register(spark, wh, mx, dx, "champion")
+    env = {**os.environ, "R2EC_FAULT_SLOW_WRITE_S": "15", "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, str(REPO / "tests" / "promote_child.py"), str(wh),
+                               str(d)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for d in (da, db)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), [x[-3000:] for x in logs]
+    assert sum("concurrent Delta commit conflicted" in x for x in logs) >= 1, \
+        "no overlap: the test did not race the two promotions"
+    status = _status(wh)
+    assert sorted(status.values()) == ["champion", "retired", "retired"], status
+    assert status[mx["model_version"]] == "retired"
+    history = DeltaTable(str(wh / "model_registry")).history()
+    last = max(history, key=lambda h: h["version"])
+    assert last["operation"] == "MERGE"
+    champion = next(v for v, s in status.items() if s == "champion")
+    assert champion in (ma["model_version"], mb["model_version"])

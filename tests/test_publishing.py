@@ -7,6 +7,7 @@ variants are migrated with their rows still visible."""
 from __future__ import annotations
 
 import subprocess
+import time
 from datetime import date
 
 import pandas as pd
@@ -14,7 +15,7 @@ import pytest
 from deltalake import DeltaTable
 
 from r2ec_batch.jobs import build_model, embed_items, publish, score, validate_run
-from r2ec_batch.jobs.report import published
+from r2ec_batch.live_runs import published
 from tests.conftest import REPO, RUN, SMALL, sigkill_when
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -33,8 +34,8 @@ def _runs(wh, run_date=RUN, variant="champion") -> list[str]:
     return sorted(raw["run_id"].unique())
 
 
-def test_failed_audit_publishes_nothing_and_an_older_run_can_come_back(scored, capsys):
-    wh, _ = scored
+def test_failed_audit_publishes_nothing_and_an_older_run_can_come_back(scored_copy, capsys):
+    wh, _ = scored_copy
     before = _view(wh)
     # A run whose rows are fine but do not have the k the audit expects (scored with k = 5).
     assert score.main(["--run-date", RUN, "--top-k", "5", "--warehouse", str(wh),
@@ -57,8 +58,8 @@ def test_failed_audit_publishes_nothing_and_an_older_run_can_come_back(scored, c
     assert _view(wh).equals(before)
 
 
-def test_sigkill_between_the_two_table_writes_leaves_readers_consistent(scored):
-    wh, _ = scored
+def test_sigkill_between_the_two_table_writes_leaves_readers_consistent(scored_copy):
+    wh, _ = scored_copy
     before_recs, before_rats = _view(wh), _view(wh, "rationales")
     runs_before = set(_runs(wh))
     rats_dir = wh / "rationales"
@@ -76,8 +77,8 @@ def test_sigkill_between_the_two_table_writes_leaves_readers_consistent(scored):
     assert _view(wh).equals(before_recs)
 
 
-def test_champion_and_challenger_side_by_side(scored, tmp_path, capsys):
-    wh, _ = scored
+def test_champion_and_challenger_side_by_side(scored_copy, tmp_path, capsys):
+    wh, _ = scored_copy
     champion = _view(wh)
     other = tmp_path / "challenger"
     assert build_model.main(["--out", str(other), "--register", "candidate", "--warehouse",
@@ -127,23 +128,155 @@ def test_tables_of_the_older_layout_are_migrated_and_stay_visible(spark, tmp_pat
     assert parts == ["run_date", "variant"]
 
 
-def test_two_evaluations_in_parallel_both_land(scored):
+def test_two_evaluations_in_parallel_both_land(scored, spark, tmp_path):
     """The fine-tuning DAG evaluates candidate and champion at the same time: evaluations are
-    appended (no MERGE to conflict), and every evaluation keeps its own rows."""
-    wh, _ = scored
-    before = DeltaTable(str(wh / "evaluations")).to_pandas() \
-        if (wh / "evaluations").is_dir() else pd.DataFrame(columns=["evaluated_at"])
+    appended (no MERGE to conflict), and every evaluation keeps its own rows. Both processes'
+    `evaluations` writes are held open (R2EC_FAULT_HOLD_WRITE) until both have started, then
+    released together; the table's log must show that the transactions overlapped: the second
+    commit was made from the snapshot both started from."""
+    import os
+    import shutil
+    import threading
+
+    from r2ec_batch import delta_io
+    from r2ec_batch.schemas import EVALUATIONS
+
+    wh = tmp_path / "wh"
+    shutil.copytree(scored[0], wh)  # this test's own copy: it adds evaluations
+    delta_io.ensure_table(spark, wh, EVALUATIONS)
+    table, hold = wh / "evaluations", tmp_path / "hold"
+    before, start = DeltaTable(str(table)).to_pandas(), DeltaTable(str(table)).version()
+    hold.touch()
+    env = {**os.environ, "R2EC_FAULT_HOLD_WRITE": f"evaluations:{hold}"}
+    splits = ("valid", "test")
     procs = [subprocess.Popen([str(REPO / "bin" / "r2ec-submit"), "jobs/evaluate.py", "--split",
                                split, "--limit", "40", "--max-new-tokens", "4", "--warehouse",
-                               str(wh)], cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-             for split in ("valid", "test")]
-    outs = [p.communicate(timeout=900)[0] for p in procs]
-    for split, p, out in zip(("valid", "test"), procs, outs, strict=True):
+                               str(wh)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for split in splits]
+    outs, held = [[], []], [threading.Event(), threading.Event()]
+
+    def read(k: int) -> None:
+        for line in procs[k].stdout:
+            outs[k].append(line)
+            if "holding the write of evaluations" in line:
+                held[k].set()
+
+    readers = [threading.Thread(target=read, args=(k,), daemon=True) for k in (0, 1)]
+    for r in readers:
+        r.start()
+    try:
+        both = all(h.wait(timeout=600) for h in held)
+        if both:
+            time.sleep(3)  # each has read its snapshot and is writing its files
+    finally:
+        hold.unlink()
+    for p, r in zip(procs, readers, strict=True):
+        p.wait(timeout=600)
+        r.join(timeout=60)
+    for split, p, out in zip(splits, procs, outs, strict=True):
         if p.returncode:  # pytest.fail: the whole tail, where an assert message is cut short
-            pytest.fail(f"evaluate --split {split} exited {p.returncode}:\n{out[-6000:]}")
-    ev = DeltaTable(str(wh / "evaluations")).to_pandas()
+            pytest.fail(f"evaluate --split {split} exited {p.returncode}:\n{''.join(out)[-6000:]}")
+    assert both, "an evaluation never reached its evaluations write"
+    ev = DeltaTable(str(table)).to_pandas()
     new = ev[~ev["evaluated_at"].isin(set(before["evaluated_at"]))]
     assert set(new["split"]) == {"valid", "test"} and (new["n_samples"] == 40).all()
     assert new["data_version"].notna().all()
     assert len(ev) == len(before) + len(new)  # nothing overwritten
+    commits = sorted((h for h in DeltaTable(str(table)).history() if h["version"] > start),
+                     key=lambda h: h["version"])
+    assert [h["operation"] for h in commits] == ["WRITE", "WRITE"], commits
+    assert commits[1]["readVersion"] == start, "no overlap: the evaluations ran one after the other"
+
+
+def test_publish_racing_a_rescore_of_the_same_date_keeps_the_rows(scored, tmp_path):
+    """`publish` audits a run and, before it appends the publication, a `score.py` of the same
+    (date, variant) runs in another process (the publisher is held between the two steps,
+    `R2EC_FAULT_HOLD_PUBLISH`). Scoring used to delete the date's unpublished runs
+    first, so the audited run was published without rows and readers saw none. Now scoring
+    deletes nothing: the published run is whole."""
+    import os
+    import shutil
+
+    wh = tmp_path / "wh"
+    shutil.copytree(scored[0], wh)  # this test's own copy: it adds runs
+    assert score.main(["--run-date", RUN, "--warehouse", str(wh), "--max-new-tokens", "6"]) == 0
+    audited = _runs(wh)[-1]
+    hold = tmp_path / "hold"
+    hold.touch()
+    env = {**os.environ, "R2EC_FAULT_HOLD_PUBLISH": str(hold)}
+    submit = [str(REPO / "bin" / "r2ec-submit"), "--conf", "spark.ui.showConsoleProgress=false"]
+    publisher = subprocess.Popen([*submit, "jobs/publish.py", "--run-date", RUN, "--run-id", audited,
+                                  "--warehouse", str(wh)], cwd=REPO, env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in publisher.stdout:  # wait until it has audited and is holding the run
+        lines.append(line)
+        if "holding while" in line:
+            break
+    assert any("holding while" in x for x in lines), "".join(lines)[-3000:]
+    # the re-score in this process: the race is between it and the publisher's process
+    assert score.main(["--run-date", RUN, "--max-new-tokens", "6", "--warehouse", str(wh)]) == 0
+    assert publisher.poll() is None, "no overlap: the publisher did not hold the audited run"
+    hold.unlink()  # the re-score is done: let the publisher append its publication
+    assert len(_runs(wh)) >= 3 and audited in _runs(wh)  # the re-score wrote a run, deleted none
+    rest = publisher.communicate(timeout=600)[0]
+    assert publisher.returncode == 0, rest[-3000:]
+    view = _view(wh)
+    assert set(view["run_id"]) == {audited} and len(view) == 9430
+    assert len(_view(wh, "rationales")) == 943
+
+
+def test_clean_up_deletes_only_old_never_published_runs(spark, tmp_path, capsys):
+    from datetime import datetime, timedelta
+
+    from r2ec_batch import delta_io, publishing
+    from r2ec_batch.jobs import maintain_tables
+    from r2ec_batch.schemas import PUBLISHED_RUNS, RATIONALES, RECOMMENDATIONS
+
+    wh = tmp_path / "wh"
+    now = datetime(2026, 12, 1)
+    ids = {"old_unpublished": publishing.new_run_id(now - timedelta(days=9)),
+           "old_published": publishing.new_run_id(now - timedelta(days=9)),
+           "young_unpublished": publishing.new_run_id(now - timedelta(days=2))}
+    d = date(2026, 11, 20)
+    recs = [(d, "champion", rid, "u1", 1, "i1", 1.0, "r2ec-000000000000") for rid in ids.values()]
+    rats = [(d, "champion", rid, "u1", "why", 3, "h", None, "r2ec-000000000000")
+            for rid in ids.values()]
+    delta_io.append(spark.createDataFrame(recs, RECOMMENDATIONS.schema), RECOMMENDATIONS, wh)
+    delta_io.append(spark.createDataFrame(rats, RATIONALES.schema), RATIONALES, wh)
+    pub = [(d, "champion", ids["old_published"], "r2ec-000000000000", d, 1, 1, 1, now, "t", 0)]
+    delta_io.append(spark.createDataFrame(pub, PUBLISHED_RUNS.schema), PUBLISHED_RUNS, wh)
+    with pytest.raises(ValueError, match="longer than the publish window"):
+        publishing.drop_unpublished(spark, wh, timedelta(days=2), now=now)
+    assert publishing.drop_unpublished(spark, wh, now=now) == 1
+    left = set(DeltaTable(str(wh / "recommendations")).to_pandas()["run_id"])
+    assert left == {ids["old_published"], ids["young_unpublished"]}
+    assert set(DeltaTable(str(wh / "rationales")).to_pandas()["run_id"]) == left
+    # the job's own guard: a clean-up window inside the publish window is refused
+    with pytest.raises(SystemExit):
+        maintain_tables.main(["--unpublished-days", "3", "--warehouse", str(wh)])
+    # and a never-published run past its window cannot be published any more
+    from r2ec_batch.cli import JobError
+
+    with pytest.raises(JobError, match="never published; runs are publishable for 3 days"):
+        publishing.publish_if_sound(spark, wh, d, "champion", publishing.new_run_id(
+            datetime.now() - timedelta(days=4)), d, 1, None, job="test")
+
+
+def test_the_newest_run_of_a_migrated_date_is_the_new_one(spark, tmp_path):
+    """'legacy-<date>' runs (from the layout before runs existed) sorted after '2026...Z-...'
+    as strings, so publish took the legacy run for the newest one and never the new run."""
+    from datetime import datetime
+
+    from r2ec_batch import delta_io, publishing
+    from r2ec_batch.schemas import RECOMMENDATIONS
+
+    wh, d = tmp_path / "wh", date(2026, 1, 1)
+    new = publishing.new_run_id(datetime(2026, 1, 2))
+    rows = [(d, "champion", rid, "u1", 1, "i1", 1.0, "r2ec-0123456789ab")
+            for rid in ("legacy-2026-01-01", new)]
+    delta_io.append(spark.createDataFrame(rows, RECOMMENDATIONS.schema), RECOMMENDATIONS, wh)
+    assert max(["legacy-2026-01-01", new]) == "legacy-2026-01-01"  # the old rule's answer
+    assert publishing.newest_run_id(spark, wh, d, "champion") == new
+    assert publishing.run_time(new) == datetime(2026, 1, 2)
+    assert publishing.run_time("legacy-2026-01-01") is None

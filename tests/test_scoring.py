@@ -1,12 +1,12 @@
 """Batch scoring through Spark pandas UDFs on real ML-100k with a small model:
 embed_items -> score (+ publish) -> evaluate, re-runs, kill safety, mismatch refusal, fallbacks.
-The `scored` warehouse (conftest) is shared with tests/test_publishing.py."""
+The `scored` warehouse (conftest) is shared and only read; a test that writes tables works on
+its own copy (`scored_copy`)."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +16,8 @@ from deltalake import DeltaTable
 
 from r2ec_batch.cli import run
 from r2ec_batch.jobs import build_model, embed_items, evaluate, score
-from r2ec_batch.jobs.report import published
-from tests.conftest import ML100K_AS_OF, REPO, RUN, SMALL, sigkill_when
+from r2ec_batch.live_runs import published
+from tests.conftest import ML100K_AS_OF, RUN, SMALL, sigkill_when
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -61,8 +61,8 @@ def test_embed_items_skips_when_up_to_date(scored, capsys):
     assert DeltaTable(str(wh / "item_embeddings")).version() == v
 
 
-def test_rerun_same_date_is_identical(scored):
-    wh, _ = scored
+def test_rerun_same_date_is_identical(scored_copy):
+    wh, _ = scored_copy
     key = ["user_id", "rank"]
     before = _pub(wh, "recommendations").sort_values(key).reset_index(drop=True)
     assert score.main(["--run-date", RUN, "--warehouse", str(wh), "--max-new-tokens", "6",
@@ -72,26 +72,57 @@ def test_rerun_same_date_is_identical(scored):
     assert after[key + ["item_id", "model_version"]].equals(before[key + ["item_id", "model_version"]])
     np.testing.assert_allclose(after["score"], before["score"], rtol=1e-5)
     assert len(_pub(wh, "rationales")) == 943
-    # the table keeps at most the published run and the one before it for a (date, variant)
+    # Scoring never deletes a run (a publication of it may be in flight; maintain_tables removes
+    # never-published runs after their window): the one that was live stays whole beside the new.
     raw = _t(wh, "recommendations")
     raw = raw[(raw["run_date"].astype(str) == RUN) & (raw["variant"] == "champion")]
-    assert raw["run_id"].nunique() <= 2
+    per_run = raw.groupby("run_id").size()
+    assert per_run[before["run_id"][0]] == per_run[after["run_id"][0]] == 9430
 
 
-def test_incremental_carries_unchanged_users(scored, capsys):
-    wh, _ = scored
-    assert score.main(["--run-date", "1998-04-24", "--as-of", RUN, "--incremental", "--publish",
-                       "--warehouse", str(wh), "--max-new-tokens", "6"]) == 0
+def test_incremental_rescores_only_the_user_whose_history_changed(scored, spark, tmp_path,
+                                                                 capsys):
+    """A day on which one user watched one more film: --incremental re-scores that user alone
+    and carries every other list over from the day before, unchanged."""
+    from pyspark.sql import functions as F
+
+    from r2ec_batch import delta_io
+    from r2ec_batch.jobs import build_histories
+    from r2ec_batch.schemas import INTERACTIONS
+
+    wh = tmp_path / "wh"
+    shutil.copytree(scored[0], wh)  # this test's own copy: it adds an event and a run
+    day2, user = "1998-04-24", "1"
+    inter = delta_io.read(spark, wh, INTERACTIONS)
+    seen = {r["item_id"] for r in inter.filter(F.col("user_id") == user).collect()}
+    unseen = next(i for i in sorted(DeltaTable(str(wh / "items")).to_pandas()["item_id"])
+                  if i not in seen)
+    event = (inter.filter(F.col("user_id") == user).limit(1)
+             .withColumn("item_id", F.lit(unseen))
+             .withColumn("ts", F.lit(f"{day2} 12:00:00").cast("timestamp"))
+             .withColumn("source_line", F.lit(10**9).cast("long")))
+    delta_io.append(event, INTERACTIONS, wh)
+    w = ["--warehouse", str(wh)]
+    assert build_histories.main(["--as-of", day2, "--skip-samples", *w]) == 0
+    capsys.readouterr()
+    assert score.main(["--run-date", day2, "--as-of", day2, "--incremental", "--publish",
+                       "--max-new-tokens", "6", *w]) == 0
     out = capsys.readouterr().out
-    assert "scored 0 users" in out and "943 carried over" in out and "published run" in out
+    assert "scored 1 users" in out and "942 carried over" in out and "published run" in out
     cols = ["user_id", "rank", "item_id", "score", "model_version"]
-    day1 = _pub(wh, "recommendations")[cols].sort_values(cols[:2]).reset_index(drop=True)
-    day2 = _pub(wh, "recommendations", "1998-04-24")[cols].sort_values(cols[:2]).reset_index(drop=True)
-    assert day2.equals(day1)
+    before = _pub(wh, "recommendations")[cols].sort_values(cols[:2]).reset_index(drop=True)
+    after = _pub(wh, "recommendations", day2)[cols].sort_values(cols[:2]).reset_index(drop=True)
+    others = after["user_id"] != user
+    assert after[others].reset_index(drop=True).equals(
+        before[before["user_id"] != user].reset_index(drop=True))
+    assert (after["user_id"] == user).sum() == 10  # the re-scored user has a whole list
+    rats = {d: _pub(wh, "rationales", d).set_index("user_id")["history_hash"] for d in (RUN, day2)}
+    assert rats[day2][user] != rats[RUN][user]
+    assert (rats[day2].drop(user) == rats[RUN].reindex(rats[day2].drop(user).index)).all()
 
 
-def test_unknown_user_gets_popularity_fallback(scored, capsys):
-    wh, _ = scored
+def test_unknown_user_gets_popularity_fallback(scored_copy, capsys):
+    wh, _ = scored_copy
     # Two users only: the audit against user_histories (943 users) refuses to publish the run.
     assert score.main(["--run-date", "1998-05-01", "--as-of", RUN, "--users", "196,no-such-user",
                        "--warehouse", str(wh), "--max-new-tokens", "6", "--top-k", "5",
@@ -112,8 +143,8 @@ def test_unknown_user_gets_popularity_fallback(scored, capsys):
     assert list(ghost["item_id"]) == list(top.index[:5])
 
 
-def test_model_index_mismatch_is_refused(scored, tmp_path, capsys):
-    wh, model = scored
+def test_model_index_mismatch_is_refused(scored_copy, tmp_path, capsys):
+    wh, model = scored_copy
     other = tmp_path / "other"
     assert build_model.main(["--out", str(other), "--register", "none", "--warehouse", str(wh),
                              "--seed", "1", *SMALL]) == 0
@@ -130,8 +161,8 @@ def test_model_index_mismatch_is_refused(scored, tmp_path, capsys):
     shutil.rmtree(wh / "_index" / version)
 
 
-def test_evaluate_writes_rankings_and_metrics_that_recompute(scored):
-    wh, _ = scored
+def test_evaluate_writes_rankings_and_metrics_that_recompute(scored_copy):
+    wh, _ = scored_copy
     assert evaluate.main(["--split", "test", "--limit", "300", "--warehouse", str(wh),
                           "--max-new-tokens", "6"]) == 0
     ev = _t(wh, "evaluations")  # appended: this evaluation is the newest of its model/split
@@ -143,13 +174,14 @@ def test_evaluate_writes_rankings_and_metrics_that_recompute(scored):
                                    "novelty", "diversity"])]
     assert len(beyond) == 15 and set(beyond["k"]) == {5, 10, 20}
     cov = beyond[beyond["metric"] == "coverage"].set_index("k")["value"]
-    assert 0 < cov[5] <= cov[10] <= cov[20] <= 1  # longer lists reach more of the catalogue
     ev = ev[ev["metric"].isin(["hit", "ndcg"])]
     assert len(ev) == 6 and set(ev["k"]) == {5, 10, 20} and (ev["n_samples"] == 300).all()
     ranks = _t(wh, "eval_rankings")  # other tests may have ranked other splits and models
     ranks = ranks[(ranks["split"] == "test") & (ranks["model_version"] == ev["model_version"].iloc[0])]
     assert len(ranks) == 300 * 20
-    assert cov[20] == pytest.approx(ranks["item_id"].nunique() / len(_t(wh, "items")))
+    n_items = len(_t(wh, "items"))
+    for k in (5, 10, 20):  # coverage@k: distinct items in the first k of every list / catalogue
+        assert cov[k] == pytest.approx(ranks[ranks["rank"] <= k]["item_id"].nunique() / n_items)
     samples = _t(wh, "training_samples").set_index("sample_id")
     pos = []
     for sid, g in ranks.groupby("sample_id"):
@@ -167,8 +199,8 @@ def test_evaluate_writes_rankings_and_metrics_that_recompute(scored):
         assert ev[(ev["metric"] == "hit") & (ev["k"] == k)]["value"].item() == pytest.approx(hit.mean())
 
 
-def test_score_killed_mid_write_keeps_what_readers_see(scored, tmp_path):
-    wh, _ = scored
+def test_score_killed_mid_write_keeps_what_readers_see(scored_copy, tmp_path):
+    wh, _ = scored_copy
     table = wh / "recommendations"
     key = ["user_id", "rank"]
     before = _pub(wh, "recommendations").sort_values(key).reset_index(drop=True)
@@ -177,9 +209,7 @@ def test_score_killed_mid_write_keeps_what_readers_see(scored, tmp_path):
     sigkill_when(args, lambda: bool({p.name for p in table.rglob("*.parquet")} - files), 3)
     after = _pub(wh, "recommendations").sort_values(key).reset_index(drop=True)
     assert after.equals(before)
-    done = subprocess.run([str(REPO / "bin" / "r2ec-submit"), *args, "--publish"], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert score.main([*args[1:], "--publish"]) == 0  # the re-run, in this process
     assert _pub(wh, "recommendations")["run_id"][0] != before["run_id"][0]
 
 
@@ -221,3 +251,130 @@ def test_business_rules_hold_on_every_row(scored, spark, tmp_path):
     # the heavy users' window-only lists did contain older seen items: the rule changed lists
     window_only = base[base["user_id"].isin(heavy)]
     assert any(set(g["item_id"]) & seen[u] for u, g in window_only.groupby("user_id"))
+
+
+def test_a_failing_user_costs_only_itself_and_is_counted(scored_copy, spark, capsys):
+    """60 users, one of them planted to fail (R2EC_FAULT_FAIL_KEY: its chunk raises, as a
+    title the tokenizer rejects would), with a batch budget that also forces the out-of-memory
+    path (64 users do not fit, 4 do): every other user is scored as in the normal run, the
+    planted one gets the popular list with fallback 'error' and the error as rationale; the
+    audit refuses the run under the default error budget (0.1%) and publishes it, with the
+    count, under a larger one."""
+    import os
+    import subprocess
+
+    from pyspark.sql import functions as F
+
+    from r2ec.data import histories, times
+    from r2ec.model import R2ec
+    from r2ec_batch import delta_io
+    from r2ec_batch.jobs import publish
+    from r2ec_batch.schemas import USER_HISTORIES
+    from tests.conftest import REPO
+
+    wh, model_dir = scored_copy
+    day = "1998-05-02"
+    hist = (delta_io.read(spark, wh, USER_HISTORIES).filter(F.col("as_of_date") == F.lit(RUN))
+            .orderBy("user_id").limit(60).localCheckpoint())
+    delta_io.replace_partition(hist, USER_HISTORIES, wh, "as_of_date", RUN)
+    pdf = hist.toPandas()
+    bad = pdf["user_id"].iloc[17]
+    r2ec = R2ec.load(model_dir, device="cpu")
+    lengths = [len(p) + 6 for p in r2ec.user_prompts(histories(pdf), times([pd.Timestamp(RUN)] * 60))]
+    budget = 4 * max(lengths)
+    assert sorted(lengths)[len(lengths) // 2] * 64 > budget  # a chunk of 64 does not fit
+
+    args = ["--run-date", day, "--as-of", RUN, "--warehouse", str(wh), "--max-new-tokens", "6"]
+    done = subprocess.run([str(REPO / "bin" / "r2ec-submit"), "jobs/score.py", *args,
+                           "--max-batch-tokens", str(budget), "--publish"], cwd=REPO,
+                          env={**os.environ, "R2EC_FAULT_FAIL_KEY": bad},
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "1 scored with an error" in done.stdout
+    assert "FAIL users scored with an error <= 0.10% of users (1)" in done.stdout
+    assert _pub(wh, "recommendations", day).empty  # over the budget: nothing published
+
+    rats = _t(wh, "rationales")
+    rats = rats[rats["run_date"].astype(str) == day].set_index("user_id")
+    assert len(rats) == 60 and rats.loc[bad, "fallback"] == "error"
+    assert rats.loc[bad, "text"] == f"ValueError: planted failure for {bad} (R2EC_FAULT_FAIL_KEY)"
+    assert rats.drop(bad)["fallback"].isna().all()  # the ordinary users, reasoned as usual
+    recs = _t(wh, "recommendations")
+    recs = recs[recs["run_date"].astype(str) == day]
+    mine = recs[recs["user_id"] == bad].sort_values("rank")
+    assert len(mine) == 10 and not set(mine["item_id"]) & set(pdf.set_index("user_id").loc[
+        bad, "history_item_ids"])
+    # the others' lists are those of the normal run (chunks of 64, no budget) for the same users
+    normal_run = _pub(wh, "recommendations")
+    for user, g in recs[recs["user_id"] != bad].groupby("user_id"):
+        want = normal_run[normal_run["user_id"] == user].sort_values("rank")["item_id"].tolist()
+        assert g.sort_values("rank")["item_id"].tolist() == want, user
+
+    assert publish.main([*args[:-2], "--max-error-rate", "0.02"]) == 0
+    assert len(_pub(wh, "recommendations", day)) == 600
+    runs = _t(wh, "published_runs")
+    assert runs[runs["run_date"].astype(str) == day]["error_users"].tolist() == [1]
+
+
+def test_a_run_killed_mid_way_resumes_to_the_same_lists(scored_copy, spark, capsys):
+    """200 users in slices of 50: the driver is SIGKILLed after two slices are committed (and
+    one slice is then cut between its two commits by hand, as a kill there would leave it);
+    `--resume RUN_ID` scores only the users the run does not hold, nobody twice, and the lists
+    equal those of the clean run; the ledger holds both parts and what each cost."""
+    import os
+    import subprocess
+
+    from pyspark.sql import functions as F
+
+    from r2ec_batch import delta_io
+    from r2ec_batch.schemas import RATIONALES, USER_HISTORIES
+    from tests.conftest import REPO
+
+    wh, _ = scored_copy
+    day = "1998-05-03"
+    hist = (delta_io.read(spark, wh, USER_HISTORIES).filter(F.col("as_of_date") == F.lit(RUN))
+            .orderBy("user_id").limit(200).localCheckpoint())
+    delta_io.replace_partition(hist, USER_HISTORIES, wh, "as_of_date", RUN)
+    args = ["--run-date", day, "--as-of", RUN, "--warehouse", str(wh), "--max-new-tokens", "6",
+            "--commit-users", "50"]
+    killed = subprocess.run([str(REPO / "bin" / "r2ec-submit"), "jobs/score.py", *args],
+                            cwd=REPO, env={**os.environ, "R2EC_FAULT_KILL_AFTER_SLICES": "2"},
+                            capture_output=True, text=True, timeout=900)
+    assert killed.returncode == -9 or killed.returncode == 137, killed.stderr[-3000:]
+    ledger = _t(wh, "scoring_runs")
+    ledger = ledger[ledger["run_date"].astype(str) == day]
+    assert len(ledger) == 1 and pd.isna(ledger["finished_at"].iloc[0])  # died before the end
+    run_id = ledger["run_id"].iloc[0]
+    rats = _t(wh, "rationales")
+    held = set(rats[rats["run_id"] == run_id]["user_id"])
+    assert 0 < len(held) < 200
+    cut = sorted(held)[:7]  # a slice stopped between its commits: recommendations, no rationale
+    delta_io.delete_matching(spark.createDataFrame([(run_id, u) for u in cut],
+                                                   "run_id string, user_id string"),
+                             RATIONALES, wh, ["run_id", "user_id"])
+
+    with pytest.raises(SystemExit) as e:  # the same run cannot be continued with other settings
+        run(score.main, [*args, "--top-k", "5", "--resume", run_id])
+    assert e.value.code == 2 and "other settings (top_k)" in capsys.readouterr().err
+    assert score.main([*args, "--resume", run_id, "--publish"]) == 0
+    out = capsys.readouterr().out
+    assert f"scored {200 - len(held) + len(cut)} users" in out and "part 1: resumed" in out
+
+    recs = _pub(wh, "recommendations", day)
+    assert recs["run_id"].unique().tolist() == [run_id] and len(recs) == 2000
+    assert not recs.duplicated(["user_id", "rank"]).any()
+    rats = _pub(wh, "rationales", day)
+    assert len(rats) == 200 and rats["user_id"].is_unique
+    clean = _pub(wh, "recommendations")  # the uninterrupted run of the same model and day
+    clean = clean[clean["user_id"].isin(set(recs["user_id"]))]
+    key = ["user_id", "rank"]
+    assert recs.sort_values(key)[key + ["item_id"]].reset_index(drop=True).equals(
+        clean.sort_values(key)[key + ["item_id"]].reset_index(drop=True))
+    ledger = _t(wh, "scoring_runs")
+    ledger = ledger[ledger["run_date"].astype(str) == day].sort_values("part").set_index("part")
+    assert list(ledger.index) == [0, 1] and ledger.loc[1, "finished_at"] is not pd.NaT
+    assert ledger.loc[1, "users_scored"] == 200 - len(held) + len(cut)
+    assert ledger.loc[1, "tokens_generated"] == rats[~rats["user_id"].isin(held - set(cut))][
+        "tokens"].sum()
+    assert ledger.loc[1, "devices"] == "cpu" and ledger.loc[1, "device_count"] >= 1
+    assert ledger.loc[1, "task_seconds_reasoning"] > 0 and ledger.loc[1, "wall_seconds_score"] > 0

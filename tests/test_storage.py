@@ -81,3 +81,40 @@ def test_output_dir_uploads_when_the_block_succeeds(tmp_path, monkeypatch):
         raise RuntimeError("training failed")
     assert not storage.exists("memory://store/out/b")
     assert not list((tmp_path / "cache" / "work").iterdir())  # staging removed either way
+
+
+def test_crafted_cache_keys_never_reach_outside_the_cache(tmp_path, monkeypatch):
+    """A remote manifest's model_version or an index manifest's checksum named the cache folder
+    that a failed check deleted: '../../victim' removed a sibling folder, and '/../../../../'
+    (16 characters of a checksum) the home folder. Both forms are refused now, before any
+    folder is touched, and a valid key still works."""
+    from r2ec.checkpoint import CheckpointError
+    from r2ec.index import IndexMismatch
+    from r2ec_batch import artifacts
+
+    home = tmp_path / "home"
+    cache = home / ".cache" / "r2ec"
+    victim = _folder(tmp_path / "victim", {"keep.txt": "mine"})
+    precious = _folder(home, {"notes.txt": "mine"})
+    monkeypatch.setenv("R2EC_CACHE_DIR", str(cache))
+    # the control: the old key arithmetic lands outside the cache
+    assert (cache / "models" / "../../../../victim").resolve() == victim.resolve()
+
+    for key in ("models/../../../../victim", "index//../../../../", "/etc", "models", "a/b/c"):
+        with pytest.raises(ValueError, match="refusing cache key"):
+            storage.cached_copy("memory://store/any", key, check=lambda d: 1 / 0)
+
+    fs, _ = storage.filesystem("memory://store")
+    fs.pipe("/store/evil/manifest.json", json.dumps({"model_version": "../../../../victim"}).encode())
+    fs.pipe("/store/evil/model.safetensors", b"x")
+    with pytest.raises(CheckpointError, match="is not a model version"):
+        artifacts.open_model("memory://store/evil")
+    with pytest.raises(CheckpointError, match="is not a model version"):
+        artifacts.local_model("memory://store/evil", "../../../../victim")
+    fs.pipe("/store/idx/index_manifest.json", json.dumps({"checksum": "/../../../../" + "0" * 52}).encode())
+    with pytest.raises(IndexMismatch, match="not a SHA-256"):
+        artifacts.local_index("memory://store/idx", "r2ec-0123456789ab")
+
+    assert (victim / "keep.txt").read_text() == "mine" and (precious / "notes.txt").read_text() == "mine"
+    good = storage.cached_copy("memory://store/evil", "models/r2ec-0123456789ab")
+    assert good.parent == (cache / "models").resolve() and (good / "model.safetensors").is_file()

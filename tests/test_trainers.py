@@ -8,15 +8,15 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from r2ec.batching import last_token_states, pad_batch
 from r2ec.config import SamplingConfig
 from r2ec.data import Catalog, histories, times
 from r2ec.model import R2ec
-from r2ec.modeling import last_token_states, pad_batch
 from r2ec.recpo import RecPOConfig
 from r2ec.recpo_trainer import train as train_recpo
 from r2ec.training import LoraSettings
 from r2ec.warmstart import WarmStartConfig
-from r2ec.warmstart import train as train_warmstart
+from r2ec.warmstart_trainer import train as train_warmstart
 from tests.conftest import synthetic_catalog
 
 ITEMS, SAMPLES = synthetic_catalog()
@@ -62,7 +62,11 @@ def test_recpo_steps_train_lora_and_lower_item_loss(tiny_model_dir, tmp_path):
     lines = (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()
     assert any('"reward_mean"' in x and '"token_loss"' in x and '"reasoning_len"' in x for x in lines)
     manifest = json.loads((tmp_path / "rl" / "best" / "manifest.json").read_text())
-    assert manifest["step"] == summary["best_step"] >= 0
+    # the kept checkpoint is the first validation with the best NDCG@10 (improvements only)
+    valid = [json.loads(x) for x in lines if '"split": "valid"' in x]
+    best = max(valid, key=lambda v: v["ndcg@10"])
+    assert manifest["step"] == summary["best_step"] == best["step"]
+    assert summary["best_valid_metrics"]["ndcg@10"] == pytest.approx(best["ndcg@10"])
 
 
 def _params(r2ec: R2ec) -> dict[str, torch.Tensor]:
@@ -145,3 +149,103 @@ def test_schedule_warms_up_peaks_and_anneals_by_time_or_steps():
     assert scheduled_lr(60, 1.7, cfg) == pytest.approx(0.0)
     flat = RecPOConfig(lr=3e-5, warmup_steps=2, schedule="constant")
     assert scheduled_lr(100, 0.9, flat) == pytest.approx(3e-5)
+
+
+@pytest.mark.parametrize("min_std, rollouts, flat", [(-1.0, 3.0, 0.0), (10.0, 9.0, 1.0)])
+def test_recpo_refills_flat_groups_and_varies_temperature(tiny_model_dir, tmp_path, min_std,
+                                                          rollouts, flat):
+    """Dynamic sampling: groups whose rewards do not differ (here: all, by a threshold no
+    spread reaches) are replaced by the next users' groups for `refill_rounds` rounds, and the
+    log says so; with every group informative nothing is re-sampled. Rollouts of a group run
+    at the listed temperatures."""
+    r2ec = R2ec.load(tiny_model_dir, device="cpu")
+    cfg = _rl_cfg(max_steps=1, users_per_step=4, refill_rounds=2, min_reward_std=min_std,
+                  group_temperatures=[0.7, 2.0], advantage="centered")
+    train_recpo(r2ec, CATALOG, SAMPLES, FIXED, cfg, tmp_path / "rl", progress=False)
+    steps = [json.loads(x) for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()
+             if '"lr"' in x]
+    assert len(steps) == 1
+    assert steps[0]["rollouts_per_group"] == rollouts  # G = 3 per user, per round
+    assert steps[0]["flat_groups"] == flat
+
+
+def test_bf16_mixed_precision_keeps_float32_weights_and_learns(tiny_model_dir, tmp_path):
+    """mixed_precision='bf16' (what a GPU run of a full fine-tune uses): the matmuls run in
+    bfloat16 under autocast (the step is not bit-equal to a float32 one), the weights and their
+    updates stay float32, and the item loss still falls."""
+    fp32 = R2ec.load(tiny_model_dir, device="cpu")
+    train_warmstart(fp32, CATALOG, SAMPLES, FIXED, _ws_cfg(max_steps=6), tmp_path / "fp32",
+                    progress=False)
+    r2ec = R2ec.load(tiny_model_dir, device="cpu")
+    before = _item_nll(r2ec, FIXED)
+    train_warmstart(r2ec, CATALOG, SAMPLES, FIXED, _ws_cfg(max_steps=6, mixed_precision="bf16"),
+                    tmp_path / "bf16", progress=False)
+    assert all(p.dtype == torch.float32 for p in r2ec.model.parameters())
+    assert _item_nll(r2ec, FIXED) < before
+    a, b = _params(fp32), _params(r2ec)
+    assert any(not torch.equal(a[k], b[k]) for k in a), "autocast did not change the arithmetic"
+
+
+class _Planted:
+    """What an attacker leaves in an output folder: unpickling it runs a command."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_resume_never_unpickles_and_refuses_an_altered_state(tiny_model_dir, tmp_path):
+    """accelerate's save_state layout with a planted pickle (what --resume used to load with
+    weights_only=False) is refused without being read; the project's own state is resumed, and
+    the same state with one altered, one added or one missing file is refused by name."""
+    import pickle
+
+    from r2ec.train_state import StateError
+
+    marker = tmp_path / "pwned"
+    planted = tmp_path / "planted" / "state"
+    planted.mkdir(parents=True)
+    (planted / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(_Planted(marker)))
+    (planted / "random_states_0.pkl").write_bytes(pickle.dumps(_Planted(marker)))
+    with pytest.raises(StateError, match="no readable manifest.json"):
+        train_recpo(R2ec.load(tiny_model_dir, device="cpu"), CATALOG, FIXED, FIXED,
+                    _rl_cfg(max_steps=1), tmp_path / "planted", resume=True, progress=False)
+    assert not marker.exists()
+
+    out = tmp_path / "own"
+    train_recpo(R2ec.load(tiny_model_dir, device="cpu"), CATALOG, FIXED, FIXED, _rl_cfg(max_steps=1),
+                out, progress=False)
+    state = out / "state"
+    assert {p.suffix for p in state.iterdir()} == {".json", ".safetensors"}  # no pickle at all
+    ok = train_recpo(R2ec.load(tiny_model_dir, device="cpu"), CATALOG, FIXED, FIXED,
+                     _rl_cfg(max_steps=2), out, resume=True, progress=False)
+    assert ok["steps"] == 2
+
+    def refused(change, match):
+        import shutil
+
+        bad = tmp_path / f"bad-{match[:8].replace(' ', '_')}"
+        shutil.copytree(out, bad)
+        change(bad / "state")
+        with pytest.raises(StateError, match=match):
+            train_recpo(R2ec.load(tiny_model_dir, device="cpu"), CATALOG, FIXED, FIXED,
+                        _rl_cfg(max_steps=3), bad, resume=True, progress=False)
+
+    refused(lambda s: (s / "counter.json").write_text((s / "counter.json").read_text()
+                                                     .replace('"step"', '"step" ')),
+            "counter.json differs from the manifest")
+    refused(lambda s: (s / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(_Planted(marker))),
+            "is not a training-state file name")
+    refused(lambda s: (s / "optimizer.safetensors").unlink(), "optimizer.safetensors is missing")
+    assert not marker.exists()
+
+    # a state saved from another starting model is not mixed into this one
+    other = R2ec.load(tiny_model_dir, device="cpu")
+    other.model_version = "r2ec-000000000000"
+    with pytest.raises(StateError, match="parent_version"):
+        train_recpo(other, CATALOG, FIXED, FIXED, _rl_cfg(max_steps=3), out, resume=True,
+                    progress=False)

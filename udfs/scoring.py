@@ -8,7 +8,10 @@
   measured: 2 workers served 8 partitions), never per batch, never pickled into a task.
 - Settings travel as a small frozen dataclass through `functools.partial`.
 - Each Arrow batch (up to spark.sql.execution.arrow.maxRecordsPerBatch rows) is cut into
-  model-sized chunks.
+  model-sized chunks; a chunk that fails is split down to single users, an out-of-memory halves
+  the chunk size for the rest of the partition, and a user who still fails gets the popular
+  list with fallback 'error' and the error as rationale (`udfs/isolation.py`), so one user
+  never fails the task.
 - One torch / faiss thread per worker by default: with 2 threads per worker on 2 cores it ran
   2.7x slower (measured). On a GPU executor the device is the GPU Spark assigned to the task.
 """
@@ -19,14 +22,20 @@ import functools
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
+from r2ec.config import FALLBACK_ERROR, SamplingConfig
+
 log = logging.getLogger(__name__)
 
+# Besides each user's list: the seconds of the batch spent reasoning and on h_T + search,
+# shared out over its users (so sums over any set of users are what they cost), and the
+# host/device that scored it.
 RECOMMEND_SCHEMA = ("key string, history_hash string, text string, tokens int, fallback string, "
-                    "item_ids array<string>, scores array<float>")
+                    "item_ids array<string>, scores array<float>, seconds_reasoning double, "
+                    "seconds_search double, device string")
 EMBED_SCHEMA = "item_id string, embedding array<float>"
 
 _ENGINES: dict[tuple, object] = {}
@@ -40,14 +49,12 @@ class ScoringSettings:
     top_k: int = 10
     reasoning: bool = True
     samples: int = 1
-    temperature: float = 0.0
-    sampling_top_k: int = 0
-    max_new_tokens: int = 32
-    seed: int = 0
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     backend: str = "transformers"
     device: str | None = None
     threads: int = 1
     chunk_size: int = 64
+    max_batch_tokens: int = 0  # 0: no limit; else larger chunks count as out of memory
     popular: tuple[str, ...] = ()
     # business rules: never recommended to anyone (blocklist, unavailable), and the name of a
     # per-user column of further items never to recommend (everything the user ever saw)
@@ -82,6 +89,18 @@ def _device(requested: str | None) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=8)
+def _device_label(device) -> str:
+    """'host/kind' for the run's cost record: 'cpu' or the GPU's name."""
+    import socket
+
+    import torch
+
+    kind = (torch.cuda.get_device_name(device) if torch.device(device).type == "cuda"
+            else torch.device(device).type)
+    return f"{socket.gethostname()}/{kind}"
+
+
 def _model(location: str, version: str, backend: str, device: str | None, threads: int):
     key = ("model", version, backend, device)
     if key not in _ENGINES:
@@ -110,31 +129,55 @@ def _recommender(s: ScoringSettings):
 
 def recommend_partition(batches: Iterator[pd.DataFrame], settings: ScoringSettings
                         ) -> Iterator[pd.DataFrame]:
-    from r2ec.config import SamplingConfig
     from r2ec.data import histories, times
+    from r2ec_batch.udfs.isolation import ChunkRunner, describe
 
     rec = _recommender(settings)
-    sampling = SamplingConfig(temperature=settings.temperature, top_k=settings.sampling_top_k,
-                              max_new_tokens=settings.max_new_tokens, seed=settings.seed)
+    runner = ChunkRunner(settings.chunk_size)  # one per partition: its chunk size may shrink
+    blocked = frozenset(settings.blocked)
+    # Test hook: a chunk holding this key raises, as a title the tokenizer rejects would (the
+    # worker's environment comes from the job's process, so only a test that starts one sets it).
+    planted = os.environ.get("R2EC_FAULT_FAIL_KEY")
     for pdf in batches:
-        for start in range(0, len(pdf), settings.chunk_size):
-            part = pdf.iloc[start: start + settings.chunk_size]
-            results = rec.recommend(histories(part), times(part[settings.ref_column]),
-                                    top_k=settings.top_k, reasoning=settings.reasoning,
-                                    samples=settings.samples, sampling=sampling,
-                                    exclude=[list(x) for x in part[settings.exclude_column]]
-                                    if settings.exclude_column else None,
-                                    blocked=settings.blocked)
-            yield pd.DataFrame({
-                "key": part[settings.key_column].astype(str).to_numpy(),
-                "history_hash": part["history_hash"].to_numpy() if "history_hash" in part
-                else [None] * len(part),
-                "text": [r.rationale for r in results],
-                "tokens": [r.rationale_tokens for r in results],
-                "fallback": [r.fallback for r in results],
-                "item_ids": [r.item_ids for r in results],
-                "scores": [r.scores for r in results],
-            })
+        exclude = ([list(x) for x in pdf[settings.exclude_column]] if settings.exclude_column
+                   else [[] for _ in range(len(pdf))])
+
+        def score(a: int, b: int, pdf=pdf, exclude=exclude):
+            part = pdf.iloc[a:b]  # converted per chunk: a malformed row fails its chunk only
+            if planted and (part[settings.key_column].astype(str) == planted).any():
+                raise ValueError(f"planted failure for {planted} (R2EC_FAULT_FAIL_KEY)")
+            return rec.recommend(histories(part), times(part[settings.ref_column]),
+                                 top_k=settings.top_k, reasoning=settings.reasoning,
+                                 samples=settings.samples, sampling=settings.sampling,
+                                 exclude=exclude[a:b], blocked=blocked,
+                                 max_batch_tokens=settings.max_batch_tokens)
+
+        def failed(i: int, exc: BaseException, pdf=pdf, exclude=exclude):
+            ids = pdf["history_item_ids"].iloc[i]
+            seen = {str(x) for x in ids} if ids is not None else set()
+            return rec.fallback([], settings.top_k, seen | blocked | set(exclude[i]),
+                                reason=FALLBACK_ERROR, note=describe(exc))
+
+        before = dict(rec.seconds)
+        results = runner.run(len(pdf), score, failed)
+        share = 1.0 / max(len(pdf), 1)
+        yield pd.DataFrame({
+            "key": pdf[settings.key_column].astype(str).to_numpy(),
+            "history_hash": pdf["history_hash"].to_numpy() if "history_hash" in pdf
+            else [None] * len(pdf),
+            "text": [r.rationale for r in results],
+            "tokens": [r.rationale_tokens for r in results],
+            "fallback": [r.fallback for r in results],
+            "item_ids": [r.item_ids for r in results],
+            "scores": [r.scores for r in results],
+            "seconds_reasoning": (rec.seconds["reasoning"] - before["reasoning"]) * share,
+            "seconds_search": (rec.seconds["search"] - before["search"]) * share,
+            "device": _device_label(rec.r2ec.device),
+        })
+    if runner.failed_users or runner.splits:
+        log.warning("partition done: %d user(s) scored, %d failed alone (fallback 'error'), "
+                    "%d chunk split(s), final chunk size %d", runner.scored_users,
+                    runner.failed_users, runner.splits, runner.chunk_size)
 
 
 def embed_partition(batches: Iterator[pd.DataFrame], model_location: str, model_version: str,
