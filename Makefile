@@ -143,7 +143,8 @@ jars-s3a: .jars/s3a/.done  ## copy hadoop-aws + the AWS SDK bundle into .jars/s3
 # DIST_FORMAT=tar skips compression (gzip of ~5 GB of CUDA-enabled torch takes minutes).
 DIST_FORMAT ?= tar
 DIST_EXTRAS ?= s3
-SOURCES := $(shell git ls-files r2ec r2ec_batch jobs udfs schemas 2>/dev/null)
+# tracked and new files that exist (a file deleted but not yet committed must not be a prerequisite)
+SOURCES := $(wildcard $(shell git ls-files --cached --others --exclude-standard r2ec r2ec_batch jobs udfs schemas 2>/dev/null))
 
 dist/deps/.done: $(STAMP) pyproject.toml constraints.txt
 	rm -rf dist/deps build && mkdir -p dist/deps
