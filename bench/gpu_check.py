@@ -5,7 +5,7 @@ through the project's own training stages and scoring path, plus the default mod
     python bench/gpu_check.py --device cpu --tiny      # the same path, tiny shape (CI runs this)
     python bench/gpu_check.py --shape gemma-2-2b       # Gemma-2-2B's shape instead
 
-Rows: warm-start samples/s (`r2ec.warmstart.train`, packed readouts, sampled item softmax);
+Rows: warm-start samples/s (`r2ec.warmstart_trainer.train`, packed readouts, sampled item softmax);
 RecPO seconds per step (`r2ec.recpo_trainer.train`, G = 4, transformers rollouts); scoring
 seconds per user (greedy reasoning of exactly `--reasoning-tokens` tokens + h_T + catalogue
 scores + top-10) at batch 1 / 32 / 128; the same with vLLM when it is installed (skipped, and
@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if importlib.util.find_spec("r2ec") is None:  # a bare checkout: use the engine from the tree
     sys.path.insert(0, str(ROOT))
 
-from r2ec import recpo, recpo_trainer, warmstart  # noqa: E402
+from r2ec import recpo, recpo_trainer, warmstart, warmstart_trainer  # noqa: E402
 from r2ec.config import PromptConfig, SamplingConfig  # noqa: E402
 from r2ec.data import Catalog, histories  # noqa: E402
 from r2ec.model import R2ec  # noqa: E402
@@ -324,7 +324,7 @@ def main() -> None:  # noqa: C901 - one measurement after another, in the table'
             item_sample=64 if a.tiny else 256, warmup_steps=1, eval_every=10**9,
             save_every=10**9, patience=0, lora=lora,
             gradient_checkpointing=a.gradient_checkpointing)
-        seconds, steps, note = train_stage(warmstart, cfg, work / "ws")
+        seconds, steps, note = train_stage(warmstart_trainer, cfg, work / "ws")
         readouts = sum(s["readouts"] for s in steps)
         table.add("warm start", f"LoRA r=4, {cfg.windows_per_step} windows + {cfg.item_sample} "
                   "items with gradient per step", readouts / seconds, "samples/s",
