@@ -16,14 +16,6 @@ ML100K_AS_OF = "1998-04-23"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Every JVM of a test run is short-lived and works on small tables: there the C2 compiler's
-# threads and G1's concurrent ones cost more CPU than they save, and on 2 cores that CPU is the
-# suite's time. Measured on one `jobs/ingest.py` of ML-100k: 177 -> 110 CPU-seconds, 99 -> 83 s
-# wall. SPARK_SUBMIT_OPTS reaches the JVM of every spark-submit (in local mode it is the driver)
-# without a line on stderr, which JAVA_TOOL_OPTIONS would add. Production jobs keep the
-# JVM's defaults: a night of scoring is where C2 pays.
-TEST_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
-os.environ.setdefault("SPARK_SUBMIT_OPTS", TEST_JVM_OPTIONS)
 
 
 def load_bench(name: str):

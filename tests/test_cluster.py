@@ -32,7 +32,7 @@ import pandas as pd
 import pytest
 from deltalake import DeltaTable
 
-from tests.conftest import ML100K_AS_OF, REPO, TEST_JVM_OPTIONS
+from tests.conftest import ML100K_AS_OF, REPO
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -187,7 +187,6 @@ class Cluster:
             # the AWS SDK bundle is read from each node's disk, not shipped per application
             "spark.driver.extraClassPath": s3a, "spark.executor.extraClassPath": s3a,
             "spark.executor.memory": "1g",
-            "spark.executor.extraJavaOptions": TEST_JVM_OPTIONS,  # why: tests/conftest.py
             "spark.hadoop.fs.s3a.endpoint": endpoint,
             "spark.hadoop.fs.s3a.endpoint.region": "us-east-1",
             "spark.hadoop.fs.s3a.path.style.access": "true",
