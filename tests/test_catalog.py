@@ -57,6 +57,7 @@ def test_sql_script_splitting():
     assert statements(script) == ["SELECT 1", "SELECT 'a--b'\n  FROM t", "SHOW TABLES"]
 
 
+@pytest.mark.slow
 @pytest.mark.spark
 def test_register_tables_then_the_readme_sql_runs_by_name(evaluated, tmp_path):
     wh = evaluated  # a copy: the comments are Delta commits, the shared `scored` stays as it is

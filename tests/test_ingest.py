@@ -104,6 +104,7 @@ def _kind(reason: str, kinds) -> str:
     return hits[0]
 
 
+@pytest.mark.slow
 def test_bad_input_goes_to_quarantine_with_reasons(spark, tmp_path, capsys):
     data, wh = tmp_path / "in", tmp_path / "wh"
     data.mkdir()
@@ -160,6 +161,7 @@ def test_unusable_file_stops_before_writing(spark, tmp_path, capsys, case):
     assert not wh.exists() or not any(wh.iterdir()), "nothing may be written"
 
 
+@pytest.mark.slow
 def test_movielens_raw_format(spark, tmp_path):
     data, wh = tmp_path / "in", tmp_path / "wh"
     data.mkdir()
@@ -179,6 +181,7 @@ def test_movielens_raw_format(spark, tmp_path):
     assert list(_table(wh, "quarantine")["reason"]) == ["unparseable rating 'x'"]
 
 
+@pytest.mark.slow
 def test_amazon2023_format(spark, tmp_path):
     data, wh = tmp_path / "in", tmp_path / "wh"
     data.mkdir()
@@ -212,6 +215,7 @@ def test_amazon2023_format(spark, tmp_path):
                        "unparseable JSON"]
 
 
+@pytest.mark.slow
 def test_control_bytes_cost_no_item_and_no_event(spark, tmp_path, capsys):
     """A catalogue whose most popular title holds \\x01 (the byte the old reader split lines
     on), others with NUL and ESC, an attribute with a control byte; events of those items.

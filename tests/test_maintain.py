@@ -28,6 +28,7 @@ def _history(wh) -> list[str]:
     return [h["operation"] for h in DeltaTable(str(wh / "recommendations")).history()]
 
 
+@pytest.mark.slow
 def test_optimize_and_vacuum_keep_time_travel_within_the_retention(spark, tmp_path, capsys):
     wh = tmp_path / "wh"
     _write(spark, wh, 8, 1.0)   # version 1 (0 created the table)

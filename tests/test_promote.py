@@ -115,6 +115,7 @@ def test_promotion_on_paired_intervals(spark, wh, tiny_model_dir, tmp_path, caps
     assert registry.resolve(spark, wh, "champion")[0] == str(d4.resolve())
 
 
+@pytest.mark.slow
 def test_require_baseline_refuses_a_first_champion_below_it(spark, wh, tiny_model_dir, tmp_path,
                                                              capsys):
     (m1, d1), (m2, d2) = (_model(tiny_model_dir, tmp_path, n, b) for n, b in (("a", 0.0),

@@ -116,6 +116,7 @@ def test_samples_equal_the_reference(spark, toy, tmp_path):
         assert list(hist.loc[u, "history_item_ids"]) == [x[1] for x in mine][-20:]
 
 
+@pytest.mark.slow
 def test_warehouse_without_source_order_is_refused_then_migrated(spark, toy, tmp_path, capsys):
     lines, folder = toy
     wh = tmp_path / "wh"
@@ -143,6 +144,7 @@ def test_warehouse_without_source_order_is_refused_then_migrated(spark, toy, tmp
     assert _compare(got, reference_samples(lines)) == []
 
 
+@pytest.mark.slow
 def test_rows_without_source_order_are_refused(spark, toy, tmp_path, capsys):
     """Columns present but some rows never re-ingested: refused, not silently mixed."""
     lines, folder = toy

