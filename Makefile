@@ -116,7 +116,7 @@ run: setup data  ## the whole pipeline on ML-100k with the default model; prints
 test: setup data jars-s3a dist-test smollm2-parts  ## run the test suite (the cluster tests use .jars/s3a and dist/)
 	$(PY) -m pytest
 
-test-fast: setup data smollm2  ## the inner loop: every test not marked slow, cluster or airflow
+test-fast: setup data $(SMOLLM2_GGUF)  ## the inner loop: every test not marked slow, cluster or airflow
 	$(PY) -m pytest -m "not slow and not cluster and not airflow"
 
 browser:  ## install Debian's headless Chromium + driver for the report's browser test (root)
