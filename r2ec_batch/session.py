@@ -11,13 +11,16 @@ Sessions run in UTC with Arrow enabled for pandas UDFs. Local-mode defaults (no 
 8 shuffle partitions, small Delta snapshots, 8 tasks to list a table's files for VACUUM) apply
 only when the master is local: on a cluster the platform's and spark-submit's settings stand.
 Whether Delta is there is found out by calling it, so a platform with Delta built in
-(Databricks) needs no jars from us.
+(Databricks) needs no jars from us. `$R2EC_SPARK_PROPERTIES` names a properties file whose
+`spark.*` settings a session started here takes (bin/r2ec-submit passes the same file to
+spark-submit as --properties-file); the test suite uses it for its small-data settings.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -36,6 +39,21 @@ def delta_jars() -> list[str]:
     """Jar paths from $R2EC_DELTA_JARS or `<repo>/.jars`, or [] when neither holds any."""
     folder = Path(os.environ.get("R2EC_DELTA_JARS", REPO_ROOT / ".jars"))
     return sorted(str(p) for p in folder.glob("delta-*.jar")) if folder.is_dir() else []
+
+
+def properties_file(path: str | Path) -> dict[str, str]:
+    """The settings of a Spark properties file: `key value` or `key=value` lines, `#` comments.
+    Only `spark.*` keys: anything else is a mistake worth stopping for, not a setting to skip."""
+    conf: dict[str, str] = {}
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = re.fullmatch(r"(spark\.[^\s=:]+)\s*[=:\s]\s*(\S.*)", line)
+        if m is None:
+            raise JobError(f"{path}:{n}: expected 'spark.<name> <value>', got {line[:80]!r}")
+        conf[m[1]] = m[2]
+    return conf
 
 
 def _is_local(master: str) -> bool:
@@ -91,6 +109,8 @@ def build_spark(
         conf["spark.ui.enabled"] = "false"
         conf["spark.ui.showConsoleProgress"] = "false" if quiet else "true"
         conf["spark.driver.memory"] = os.environ.get("R2EC_DRIVER_MEMORY", "4g")
+    if not submitted and os.environ.get("R2EC_SPARK_PROPERTIES"):
+        conf.update(properties_file(os.environ["R2EC_SPARK_PROPERTIES"]))
     if metastore:
         conf.update(hive_metastore_conf(metastore))
     conf.update(extra_conf or {})

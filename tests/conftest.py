@@ -16,6 +16,16 @@ ML100K_AS_OF = "1998-04-23"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Spark settings for the suite's small tables, in every session and submit (the file says why).
+os.environ.setdefault("R2EC_SPARK_PROPERTIES", str(REPO / "tests" / "spark-small-data.conf"))
+SESSION_JVM = pytest.StashKey[str | None]()  # the options of the session's own JVM
+
+
+def pytest_sessionstart(session) -> None:
+    """JVM start-up settings for every JVM of the run (tests/jvm_startup.py says why)."""
+    from tests import jvm_startup
+
+    session.config.stash[SESSION_JVM] = jvm_startup.configure()
 
 
 def load_bench(name: str):
@@ -29,10 +39,17 @@ def load_bench(name: str):
 
 
 @pytest.fixture(scope="session")
-def spark():
+def spark(pytestconfig):
     from r2ec_batch.session import build_spark
 
-    session = build_spark("r2ec-tests", quiet=True, shuffle_partitions=4)
+    own, children = pytestconfig.stash.get(SESSION_JVM, None), os.environ.get("SPARK_SUBMIT_OPTS")
+    if own is not None:  # this long-lived JVM keeps the C2 compiler; the children's stay as set
+        os.environ["SPARK_SUBMIT_OPTS"] = own
+    try:
+        session = build_spark("r2ec-tests", quiet=True)
+    finally:
+        if own is not None:
+            os.environ["SPARK_SUBMIT_OPTS"] = children
     yield session
     session.stop()
 
