@@ -74,14 +74,15 @@ def register(spark, warehouse: str, spec: TableSpec, name: str, relocate: bool) 
         spark.sql(f"ALTER TABLE {name} SET TBLPROPERTIES ('comment' = "
                   f"{_sql_string(spec.description)})")
         done.append("table comment")
-    changed = 0
+    changed = []
     for col in spark.catalog.listColumns(name):
         want = column_comment(spec, col.name) if col.name in spec.column_names else None
         if want is not None and (col.description or "") != want:
-            spark.sql(f"ALTER TABLE {name} ALTER COLUMN `{col.name}` COMMENT {_sql_string(want)}")
-            changed += 1
+            changed.append(f"`{col.name}` COMMENT {_sql_string(want)}")
     if changed:
-        done.append(f"{changed} column comment(s)")
+        # all of them in one statement: one Delta commit, where one per column was ~0.5 s each
+        spark.sql(f"ALTER TABLE {name} ALTER COLUMN " + ", ".join(changed))
+        done.append(f"{len(changed)} column comment(s)")
     return done
 
 

@@ -124,3 +124,24 @@ def test_resume_with_a_remote_out_is_refused_not_restarted(capsys):
     with pytest.raises(SystemExit) as e:
         train_job.parse_args(["--stage", "recpo", "--out", "s3a://bucket/models/x", "--resume"])
     assert e.value.code == 2 and "--resume needs a local --out" in capsys.readouterr().err
+
+
+def test_a_spark_properties_file_takes_spark_keys_only(tmp_path):
+    """$R2EC_SPARK_PROPERTIES (read by build_spark, passed on by bin/r2ec-submit): the three
+    separators of a properties file; anything but a spark.* setting stops with its line; a
+    path that is not a file stops bin/r2ec-submit before a JVM starts."""
+    from r2ec_batch.cli import JobError
+    from r2ec_batch.session import properties_file
+
+    good = tmp_path / "good.conf"
+    good.write_text("# small data\nspark.a 1\n\nspark.b=x=y\nspark.c : two words\n")
+    assert properties_file(good) == {"spark.a": "1", "spark.b": "x=y", "spark.c": "two words"}
+    for bad in ("java.io.tmpdir /tmp", "spark.a", "--conf spark.a=1"):
+        path = tmp_path / "bad.conf"
+        path.write_text(f"spark.ok 1\n{bad}\n")
+        with pytest.raises(JobError, match=r"bad\.conf:2: expected 'spark\.<name> <value>'"):
+            properties_file(path)
+    done = subprocess.run([str(REPO / "bin" / "r2ec-submit"), "jobs/ingest.py", "--help"],
+                          env={**os.environ, "R2EC_SPARK_PROPERTIES": str(tmp_path / "none")},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "is not a file" in done.stderr

@@ -32,6 +32,7 @@ import pandas as pd
 import pytest
 from deltalake import DeltaTable
 
+from tests import jvm_startup
 from tests.conftest import ML100K_AS_OF, REPO
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -153,8 +154,13 @@ class Cluster:
         self.daemon_env = {**os.environ, **s3_env, "SPARK_HOME": str(self.spark_home),
                            "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(root / "logs"),
                            "PYSPARK_PYTHON": str(env / "bin" / "python")}
-        for k in ("PYSPARK_DRIVER_PYTHON", "VIRTUAL_ENV", "PYTHONPATH"):
+        for k in ("PYSPARK_DRIVER_PYTHON", "VIRTUAL_ENV", "PYTHONPATH", "R2EC_SPARK_PROPERTIES"):
             self.daemon_env.pop(k, None)
+        # The suite's short-lived-JVM settings (tests/jvm_startup.py) for the master, the
+        # workers and the driver, without this checkout's class-data archive (another class path)
+        jit = f"{jvm_startup.CHILD_JIT} {jvm_startup.LOGS}"
+        self.daemon_env.update(SPARK_DAEMON_JAVA_OPTS=jit, SPARK_SUBMIT_OPTS=jit)
+        self.executor_java = jit
 
     def start(self) -> None:
         cls = str(self.spark_home / "bin" / "spark-class")
@@ -187,6 +193,7 @@ class Cluster:
             # the AWS SDK bundle is read from each node's disk, not shipped per application
             "spark.driver.extraClassPath": s3a, "spark.executor.extraClassPath": s3a,
             "spark.executor.memory": "1g",
+            "spark.executor.extraJavaOptions": self.executor_java,
             "spark.hadoop.fs.s3a.endpoint": endpoint,
             "spark.hadoop.fs.s3a.endpoint.region": "us-east-1",
             "spark.hadoop.fs.s3a.path.style.access": "true",
