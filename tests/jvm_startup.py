@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache" / "jvm"
 LOGS = "-Xlog:disable -Xlog:all=warning:stderr"
 CHILD_JIT = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+SESSION_OPTS = "R2EC_TEST_SESSION_JVM_OPTS"  # the session JVM's, for pytest-xdist workers
 
 
 def _archive_key() -> str:
@@ -73,11 +74,13 @@ def configure(environ=os.environ) -> str | None:
     """Set SPARK_SUBMIT_OPTS for every child JVM; returns the options for the session's own
     JVM (None: leave the environment as it is, for a user's own SPARK_SUBMIT_OPTS)."""
     if environ.get("SPARK_SUBMIT_OPTS") is not None:
-        return None
+        # a user's own, or a pytest-xdist worker's, which inherits what its controller set
+        return environ.get(SESSION_OPTS)
     archive = class_archive()
     shared = f"-XX:SharedArchiveFile={archive} " if archive else ""
     environ["SPARK_SUBMIT_OPTS"] = f"{shared}{CHILD_JIT} {LOGS}"
-    return f"{shared}{LOGS}"
+    environ[SESSION_OPTS] = f"{shared}{LOGS}"
+    return environ[SESSION_OPTS]
 
 
 if __name__ == "__main__":  # make the archive ahead of a run: python tests/jvm_startup.py
