@@ -45,7 +45,7 @@ def _archive_key() -> str:
 
 
 def class_archive() -> Path | None:
-    """This checkout's archive for this JDK and pyspark, made now when missing (~20 s, once);
+    """This checkout's archive for this JDK and pyspark, made now when missing (30-40 s on 2 cores, once);
     None, with a warning, when the JDK cannot make one."""
     archive = CACHE / f"spark-{_archive_key()}.jsa"
     if archive.is_file():

@@ -47,6 +47,8 @@ TINY = ["--hidden-size", "64", "--num-heads", "2", "--head-dim", "32", "--interm
         "--vocab-size", "2000"]
 SCORE_ARGS = ["--max-new-tokens", "6", "--chunk-size", "8", "--publish"]
 EVAL_ARGS = ["--split", "test", "--limit", "150", "--max-new-tokens", "6"]
+# the suite's settings for short-lived JVMs (tests/jvm_startup.py), for every JVM of the cluster
+JIT = f"{jvm_startup.CHILD_JIT} {jvm_startup.LOGS}"
 
 
 def _free_port() -> int:
@@ -156,11 +158,8 @@ class Cluster:
                            "PYSPARK_PYTHON": str(env / "bin" / "python")}
         for k in ("PYSPARK_DRIVER_PYTHON", "VIRTUAL_ENV", "PYTHONPATH", "R2EC_SPARK_PROPERTIES"):
             self.daemon_env.pop(k, None)
-        # The suite's short-lived-JVM settings (tests/jvm_startup.py) for the master, the
-        # workers and the driver, without this checkout's class-data archive (another class path)
-        jit = f"{jvm_startup.CHILD_JIT} {jvm_startup.LOGS}"
-        self.daemon_env.update(SPARK_DAEMON_JAVA_OPTS=jit, SPARK_SUBMIT_OPTS=jit)
-        self.executor_java = jit
+        # JIT without this checkout's class-data archive: the node's pyspark is another class path
+        self.daemon_env.update(SPARK_DAEMON_JAVA_OPTS=JIT, SPARK_SUBMIT_OPTS=JIT)
 
     def start(self) -> None:
         cls = str(self.spark_home / "bin" / "spark-class")
@@ -193,7 +192,7 @@ class Cluster:
             # the AWS SDK bundle is read from each node's disk, not shipped per application
             "spark.driver.extraClassPath": s3a, "spark.executor.extraClassPath": s3a,
             "spark.executor.memory": "1g",
-            "spark.executor.extraJavaOptions": self.executor_java,
+            "spark.executor.extraJavaOptions": JIT,
             "spark.hadoop.fs.s3a.endpoint": endpoint,
             "spark.hadoop.fs.s3a.endpoint.region": "us-east-1",
             "spark.hadoop.fs.s3a.path.style.access": "true",
