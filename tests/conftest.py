@@ -18,6 +18,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Spark settings for the suite's small tables, in every session and submit (the file says why).
 os.environ.setdefault("R2EC_SPARK_PROPERTIES", str(REPO / "tests" / "spark-small-data.conf"))
+# The session JVM's heap (jobs default to 4g): the suite's tables are small, and under
+# pytest-xdist each worker has a session of its own on the same machine.
+os.environ.setdefault("R2EC_DRIVER_MEMORY", "2g")
 SESSION_JVM = pytest.StashKey[str | None]()  # the options of the session's own JVM
 
 
@@ -26,6 +29,30 @@ def pytest_sessionstart(session) -> None:
     from tests import jvm_startup
 
     session.config.stash[SESSION_JVM] = jvm_startup.configure()
+
+
+def _module_weight(items) -> tuple[int, int]:
+    """How long a module is likely to take, from its marks: the cluster, then the DAGs end to
+    end, then modules by their number of slow tests, then the rest (smaller sorts first)."""
+    names = [{m.name for m in item.iter_markers()} for item in items]
+    if any("cluster" in n for n in names):
+        return (0, 0)
+    if any("airflow" in n and "slow" in n for n in names):
+        return (1, 0)
+    return (2, -sum("slow" in n for n in names))
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Longest modules first, each module's tests kept together and in their order. With
+    pytest-xdist (`-n 2 --dist loadscope`, what `make test` runs) a worker takes a module at a
+    time in this order, so the long ones start at once instead of one of them ending the run on
+    a single worker while the other waits (longest-first scheduling); a serial run only sees its
+    modules in another order, which no test may depend on."""
+    modules: dict[str, list] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    ordered = sorted(modules.values(), key=_module_weight)  # stable: equal weights keep file order
+    items[:] = [item for module in ordered for item in module]
 
 
 def load_bench(name: str):
@@ -87,16 +114,50 @@ def smollm2_dir(smollm2_gguf, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def ml_warehouse(spark, ml100k_dir, tmp_path_factory) -> Path:
-    """ML-100k ingested and turned into samples/histories by the jobs themselves."""
+def _ingested(data: Path, wh: Path) -> Path:
+    """`data` (ML-100k's files) ingested and turned into samples/histories by the jobs."""
     from r2ec_batch.jobs import build_histories, ingest
 
-    wh = tmp_path_factory.mktemp("ml100k_wh")
-    assert ingest.main(["--source", "ml-100k", "--path", str(ml100k_dir),
-                        "--warehouse", str(wh)]) == 0
+    assert ingest.main(["--source", "ml-100k", "--path", str(data), "--warehouse", str(wh)]) == 0
     assert build_histories.main(["--as-of", ML100K_AS_OF, "--warehouse", str(wh)]) == 0
     return wh
+
+
+@pytest.fixture(scope="session")
+def ml_warehouse(spark, ml100k_dir, tmp_path_factory) -> Path:
+    """The whole of ML-100k, for the tests of ingestion and of the protocol (their counts and
+    reference are those of the full data set). Read only: a test that writes copies it."""
+    return _ingested(ml100k_dir, tmp_path_factory.mktemp("ml100k_wh"))
+
+
+# The scoring, publishing and DAG tests run on ML-100k's users 1..200 (19,747 of its 100,000
+# events) with the whole catalogue: every rule they check holds per user, and a scoring run over
+# 200 users does about a fifth of the model work of one over all 943.
+SLICE_USERS = 200
+
+
+def write_ml100k_slice(src: Path, dst: Path, users: int) -> Path:
+    """ML-100k's users 1..`users` (all their events, in file order) and the whole catalogue,
+    as files of the source's format in `dst`."""
+    import shutil
+
+    dst.mkdir(parents=True, exist_ok=True)
+    lines = (src / "ml-100k.inter").read_text().splitlines()
+    keep = [lines[0]] + [ln for ln in lines[1:] if int(ln.split("\t")[0]) <= users]
+    (dst / "ml-100k.inter").write_text("\n".join(keep) + "\n")
+    shutil.copy(src / "ml-100k.item", dst / "ml-100k.item")
+    return dst
+
+
+@pytest.fixture(scope="session")
+def ml100k_slice(ml100k_dir, tmp_path_factory) -> Path:
+    return write_ml100k_slice(ml100k_dir, tmp_path_factory.mktemp("slice"), SLICE_USERS)
+
+
+@pytest.fixture(scope="session")
+def slice_warehouse(spark, ml100k_slice, tmp_path_factory) -> Path:
+    """The slice ingested, with samples and histories. Read only: a test that writes copies it."""
+    return _ingested(ml100k_slice, tmp_path_factory.mktemp("slice_wh"))
 
 
 RUN = "1998-04-23"  # the run date the scoring tests write
@@ -105,11 +166,15 @@ SMALL = ["--hidden-size", "64", "--num-heads", "2", "--head-dim", "32", "--inter
 
 
 @pytest.fixture(scope="session")
-def scored(ml_warehouse, tmp_path_factory):
-    """The ML-100k warehouse with a small champion model, its index, and one published run."""
+def scored(slice_warehouse, tmp_path_factory):
+    """A copy of the slice's warehouse with a small champion model, its index, and one
+    published run of every user."""
+    import shutil
+
     from r2ec_batch.jobs import build_model, embed_items, score
 
-    wh = ml_warehouse
+    wh = tmp_path_factory.mktemp("scored") / "wh"
+    shutil.copytree(slice_warehouse, wh)
     model = tmp_path_factory.mktemp("m") / "small"
     assert build_model.main(["--out", str(model), "--register", "champion", "--warehouse", str(wh),
                              *SMALL]) == 0

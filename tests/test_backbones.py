@@ -13,6 +13,7 @@ import torch
 from deltalake import DeltaTable
 
 from tests.backbones import save_tiny_backbone
+from tests.conftest import write_ml100k_slice
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 USERS = 40
@@ -24,12 +25,7 @@ def slice_wh(spark, ml100k_dir, tmp_path_factory):
     """40 ML-100k users with histories and paper-protocol samples; the whole catalogue."""
     from r2ec_batch.jobs import build_histories, ingest
 
-    data = tmp_path_factory.mktemp("bb_slice")
-    lines = (ml100k_dir / "ml-100k.inter").read_text().splitlines()
-    keep = {str(u) for u in range(1, USERS + 1)}
-    (data / "ml-100k.inter").write_text(
-        "\n".join([lines[0]] + [x for x in lines[1:] if x.split("\t")[0] in keep]) + "\n")
-    (data / "ml-100k.item").write_bytes((ml100k_dir / "ml-100k.item").read_bytes())
+    data = write_ml100k_slice(ml100k_dir, tmp_path_factory.mktemp("bb_slice"), USERS)
     wh = tmp_path_factory.mktemp("bb_wh")
     assert ingest.main(["--source", "ml-100k", "--path", str(data), "--warehouse", str(wh)]) == 0
     assert build_histories.main(["--as-of", AS_OF, "--warehouse", str(wh)]) == 0

@@ -45,19 +45,17 @@ def test_no_job_imports_another_job():
 
 @pytest.mark.spark
 @pytest.mark.slow
-def test_a_corrupted_checkpoint_is_one_line_and_status_2(ml_warehouse, tmp_path):
+def test_a_corrupted_checkpoint_is_one_line_and_status_2(scored_copy, tmp_path):
     """Through spark-submit, as a user runs it: the refusal happens before any work."""
-    from r2ec_batch.jobs import build_model
+    import shutil
 
+    wh, champion = scored_copy
     model = tmp_path / "m"
-    assert build_model.main(["--out", str(model), "--register", "none", "--warehouse",
-                             str(ml_warehouse), "--hidden-size", "64", "--num-heads", "2",
-                             "--head-dim", "32", "--intermediate-size", "128",
-                             "--vocab-size", "2000"]) == 0
+    shutil.copytree(champion, model)  # the shared model folder stays whole
     weights = model / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
     res = subprocess.run([str(REPO / "bin" / "r2ec-submit"), "jobs/embed_items.py", "--model",
-                          str(model), "--warehouse", str(ml_warehouse)],
+                          str(model), "--warehouse", str(wh)],
                          capture_output=True, text=True, timeout=300, cwd=REPO,
                          env={**os.environ, "PYSPARK_PYTHON": sys.executable,
                               "PYSPARK_DRIVER_PYTHON": sys.executable})

@@ -33,7 +33,7 @@ import pytest
 from deltalake import DeltaTable
 
 from tests import jvm_startup
-from tests.conftest import ML100K_AS_OF, REPO
+from tests.conftest import ML100K_AS_OF, REPO, write_ml100k_slice
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -42,7 +42,7 @@ S3A_JARS = REPO / ".jars" / "s3a"
 PIPELINE = REPO / "tests" / "cluster_pipeline.py"
 BUCKET = "r2ec-test"
 RUN, RUN_KILLED = "1998-04-23", "1998-04-24"
-SLICE_USERS = 60
+CLUSTER_USERS = 60
 TINY = ["--hidden-size", "64", "--num-heads", "2", "--head-dim", "32", "--intermediate-size", "128",
         "--vocab-size", "2000"]
 SCORE_ARGS = ["--max-new-tokens", "6", "--chunk-size", "8", "--publish"]
@@ -240,13 +240,9 @@ def cluster(node_env, s3, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data_slice(ml100k_dir, tmp_path_factory) -> Path:
-    """ML-100k's first users (all their events, in file order) and the whole catalogue."""
-    out = tmp_path_factory.mktemp("slice")
-    lines = (ml100k_dir / "ml-100k.inter").read_text().splitlines()
-    keep = [lines[0]] + [ln for ln in lines[1:] if int(ln.split("\t")[0]) <= SLICE_USERS]
-    (out / "ml-100k.inter").write_text("\n".join(keep) + "\n")
-    shutil.copy(ml100k_dir / "ml-100k.item", out / "ml-100k.item")
-    return out
+    """ML-100k's first CLUSTER_USERS users and the whole catalogue (fewer users than the
+    suite's slice: five JVMs share the two cores here)."""
+    return write_ml100k_slice(ml100k_dir, tmp_path_factory.mktemp("slice"), CLUSTER_USERS)
 
 
 @pytest.fixture(scope="module")
@@ -380,7 +376,7 @@ def test_a_worker_killed_mid_scoring_changes_nothing(cluster, cluster_run):
     again = recs[recs["run_date"].astype(str) == RUN_KILLED].drop(columns="run_date").reset_index(drop=True)
     runs = _read(wh, "published_runs", ["run_date"])
     assert list(runs["run_date"].astype(str)) == [RUN, RUN_KILLED]
-    assert len(again) == SLICE_USERS * 10
+    assert len(again) == CLUSTER_USERS * 10
     _same(first, again, float_cols=("score",))
     rats = _read(wh, "rationales", ["run_date", "user_id"])
-    assert (rats.groupby("run_date").size() == SLICE_USERS).all()
+    assert (rats.groupby("run_date").size() == CLUSTER_USERS).all()

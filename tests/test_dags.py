@@ -17,7 +17,7 @@ import pytest
 from deltalake import DeltaTable
 
 from r2ec_batch.live_runs import published
-from tests.conftest import REPO
+from tests.conftest import REPO, SLICE_USERS
 
 pytestmark = pytest.mark.airflow
 DAGS = REPO / "airflow_dags"
@@ -165,23 +165,19 @@ def test_a_run_scores_the_day_that_is_complete(airflow_env):
 
 
 @pytest.fixture(scope="module")
-def slice_warehouse(spark, ml100k_dir, tmp_path_factory):
-    """200 ML-100k users, ingested, with a small champion model (what `make run` sets up)."""
-    from r2ec_batch.jobs import build_histories, build_model, ingest
+def dag_warehouse(slice_warehouse, ml100k_slice, tmp_path_factory):
+    """The slice's users ingested, with a small champion model (what `make run` sets up):
+    a copy of the shared slice warehouse, which the DAG run below changes."""
+    import shutil
 
-    data = tmp_path_factory.mktemp("slice")
-    lines = (ml100k_dir / "ml-100k.inter").read_text().splitlines()
-    keep = {str(u) for u in range(1, 201)}
-    (data / "ml-100k.inter").write_text(
-        "\n".join([lines[0]] + [x for x in lines[1:] if x.split("\t")[0] in keep]) + "\n")
-    (data / "ml-100k.item").write_bytes((ml100k_dir / "ml-100k.item").read_bytes())
-    wh = tmp_path_factory.mktemp("slice_wh")
-    assert ingest.main(["--source", "ml-100k", "--path", str(data), "--warehouse", str(wh)]) == 0
-    assert build_histories.main(["--as-of", "1998-04-22", "--warehouse", str(wh)]) == 0
+    from r2ec_batch.jobs import build_model
+
+    wh = tmp_path_factory.mktemp("dag") / "wh"
+    shutil.copytree(slice_warehouse, wh)
     assert build_model.main(["--out", str(wh.parent / "slice_model"), "--register", "champion",
                              "--warehouse", str(wh), "--hidden-size", "64", "--head-dim", "32",
                              "--intermediate-size", "128", "--vocab-size", "1500"]) == 0
-    return data, wh
+    return ml100k_slice, wh
 
 
 def record_failure(context) -> None:
@@ -212,11 +208,11 @@ def _run_nightly(env, data: Path, wh: Path, top_k: int = 5, only: str | None = N
 
 @pytest.mark.slow
 def test_nightly_dag_runs_end_to_end_and_a_failed_audit_changes_nothing(airflow_env,
-                                                                          slice_warehouse):
+                                                                          dag_warehouse):
     """One run of the whole DAG (each task a real submit), then a run of its publish task alone
     that fails its audit. Re-running a date is each job's own promise and is tested with the
     job (test_ingest, test_scoring): here it would cost one more full DAG run for nothing new."""
-    data, wh = slice_warehouse
+    data, wh = dag_warehouse
     first = _run_nightly(airflow_env, data, wh)
     assert first["state"].endswith("success"), first
     assert all(s.endswith("success") for s in first["tasks"].values()), first
@@ -230,9 +226,9 @@ def test_nightly_dag_runs_end_to_end_and_a_failed_audit_changes_nothing(airflow_
     assert runs["published_by"].str.startswith("airflow r2ec_nightly_scoring manual__").all()
     recs = published(str(wh), "recommendations")
     assert set(recs["run_date"].astype(str)) == {"2026-01-02"}
-    assert recs["user_id"].nunique() == 200 and len(recs) == 200 * 5
+    assert recs["user_id"].nunique() == SLICE_USERS and len(recs) == SLICE_USERS * 5
     rats = published(str(wh), "rationales")
-    assert len(rats) == 200 and (rats["tokens"] <= 4).all()
+    assert len(rats) == SLICE_USERS and (rats["tokens"] <= 4).all()
     report = (wh / "_reports" / "2026-01-02-champion.html").read_text(encoding="utf-8")
     assert runs["run_id"].iloc[0] in report and "Three users" in report  # the run just published
     key = ["run_date", "user_id", "rank"]

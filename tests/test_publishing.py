@@ -1,5 +1,5 @@
-"""Write-audit-publish on the real ML-100k warehouse (`scored`, conftest): readers see only
-published runs; a run that fails its audit, or a job killed between its recommendations and
+"""Write-audit-publish on a real ML-100k warehouse (`scored`, conftest: the slice's users):
+readers see only published runs; a run that fails its audit, or a job killed between its recommendations and
 rationales commits, changes nothing for them; champion and challenger rows for one date
 coexist; an older run can be published again (roll-back); tables of the layout before runs and
 variants are migrated with their rows still visible."""
@@ -16,7 +16,7 @@ from deltalake import DeltaTable
 
 from r2ec_batch.jobs import build_model, embed_items, publish, score, validate_run
 from r2ec_batch.live_runs import published
-from tests.conftest import REPO, RUN, SMALL, sigkill_when
+from tests.conftest import REPO, RUN, SLICE_USERS, SMALL, sigkill_when
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 KEY = ["user_id", "rank"]
@@ -88,13 +88,13 @@ def test_champion_and_challenger_side_by_side(scored_copy, tmp_path, capsys):
                        "--publish", "--warehouse", str(wh), "--max-new-tokens", "6"]) == 0
     challenger = _view(wh, variant="challenger")
     assert _view(wh).equals(champion)  # the champion's rows are untouched
-    assert challenger["user_id"].nunique() == 943 and len(challenger) == 9430
+    assert challenger["user_id"].nunique() == SLICE_USERS and len(challenger) == 10 * SLICE_USERS
     assert challenger["model_version"].nunique() == 1
     assert challenger["model_version"][0] != champion["model_version"][0]
     # The README's A/B export: one list per user and variant, users split by a hash.
     both = published(str(wh), "recommendations", None)
     both = both[both["run_date"].astype(str) == RUN]
-    assert set(both["variant"]) == {"champion", "challenger"} and len(both) == 2 * 9430
+    assert set(both["variant"]) == {"champion", "challenger"} and len(both) == 2 * 10 * SLICE_USERS
     with pytest.raises(SystemExit) as e:
         score.cli.run(score.main, ["--run-date", RUN, "--variant", "bad name!",
                                    "--warehouse", str(wh)])
@@ -222,8 +222,8 @@ def test_publish_racing_a_rescore_of_the_same_date_keeps_the_rows(scored, tmp_pa
     rest = publisher.communicate(timeout=600)[0]
     assert publisher.returncode == 0, rest[-3000:]
     view = _view(wh)
-    assert set(view["run_id"]) == {audited} and len(view) == 9430
-    assert len(_view(wh, "rationales")) == 943
+    assert set(view["run_id"]) == {audited} and len(view) == 10 * SLICE_USERS
+    assert len(_view(wh, "rationales")) == SLICE_USERS
 
 
 def test_clean_up_deletes_only_old_never_published_runs(spark, tmp_path, capsys):

@@ -9,6 +9,7 @@ import re
 import pytest
 
 from tests import browser
+from tests.conftest import SLICE_USERS
 
 pytestmark = pytest.mark.spark
 
@@ -37,7 +38,7 @@ def test_report_html_is_self_contained_and_complete(evaluated, tmp_path, capsys)
     rats = published(str(evaluated), "rationales", last_only=True)
     n_items = len(DeltaTable(str(evaluated / "items")).to_pandas(columns=["item_id"]))
     k = int(recs.groupby("user_id").size().max())
-    assert kpis["users scored"] == f"{recs['user_id'].nunique():,}" == "943"
+    assert kpis["users scored"] == f"{recs['user_id'].nunique():,}" == str(SLICE_USERS)
     assert kpis["items per user"] == str(k)
     assert kpis[f"coverage@{k}"] == f"{recs['item_id'].nunique() / n_items:.1%}"
     assert kpis["fallback rate"] == f"{rats['fallback'].notna().mean():.1%}"

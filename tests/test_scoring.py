@@ -1,4 +1,4 @@
-"""Batch scoring through Spark pandas UDFs on real ML-100k with a small model:
+"""Batch scoring through Spark pandas UDFs on real ML-100k users (the slice) with a small model:
 embed_items -> score (+ publish) -> evaluate, re-runs, kill safety, mismatch refusal, fallbacks.
 The `scored` warehouse (conftest) is shared and only read; a test that writes tables works on
 its own copy (`scored_copy`)."""
@@ -17,7 +17,7 @@ from deltalake import DeltaTable
 from r2ec_batch.cli import run
 from r2ec_batch.jobs import build_model, embed_items, evaluate, score
 from r2ec_batch.live_runs import published
-from tests.conftest import ML100K_AS_OF, RUN, SMALL, sigkill_when
+from tests.conftest import ML100K_AS_OF, RUN, SLICE_USERS, SMALL, sigkill_when
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -37,14 +37,14 @@ def test_every_user_gets_k_distinct_unseen_items_and_a_rationale(scored):
     recs = _pub(wh, "recommendations")
     hist = _t(wh, "user_histories")
     hist = hist[hist["as_of_date"].astype(str) == ML100K_AS_OF].set_index("user_id")
-    assert recs["user_id"].nunique() == 943 and len(recs) == 9430
+    assert recs["user_id"].nunique() == SLICE_USERS and len(recs) == 10 * SLICE_USERS
     for user, g in recs.groupby("user_id"):
         assert sorted(g["rank"]) == list(range(1, 11))
         assert g["item_id"].is_unique
         assert not set(g["item_id"]) & set(hist.loc[user, "history_item_ids"]), user
         assert g.sort_values("rank")["score"].is_monotonic_decreasing
     rats = _pub(wh, "rationales")
-    assert len(rats) == 943 and rats["user_id"].is_unique and rats["fallback"].isna().all()
+    assert len(rats) == SLICE_USERS and rats["user_id"].is_unique and rats["fallback"].isna().all()
     assert (rats["tokens"] <= 6).all() and recs["model_version"].nunique() == 1
     # what analysts read: no item tokens, history references or special tokens left
     assert not rats["text"].str.contains(r"<i\d+>|<\||#\d+|<answer>", regex=True).any()
@@ -71,13 +71,13 @@ def test_rerun_same_date_is_identical(scored_copy):
     assert after["run_id"].nunique() == 1 and after["run_id"][0] != before["run_id"][0]
     assert after[key + ["item_id", "model_version"]].equals(before[key + ["item_id", "model_version"]])
     np.testing.assert_allclose(after["score"], before["score"], rtol=1e-5)
-    assert len(_pub(wh, "rationales")) == 943
+    assert len(_pub(wh, "rationales")) == SLICE_USERS
     # Scoring never deletes a run (a publication of it may be in flight; maintain_tables removes
     # never-published runs after their window): the one that was live stays whole beside the new.
     raw = _t(wh, "recommendations")
     raw = raw[(raw["run_date"].astype(str) == RUN) & (raw["variant"] == "champion")]
     per_run = raw.groupby("run_id").size()
-    assert per_run[before["run_id"][0]] == per_run[after["run_id"][0]] == 9430
+    assert per_run[before["run_id"][0]] == per_run[after["run_id"][0]] == 10 * SLICE_USERS
 
 
 def test_incremental_rescores_only_the_user_whose_history_changed(scored, spark, tmp_path,
@@ -108,7 +108,7 @@ def test_incremental_rescores_only_the_user_whose_history_changed(scored, spark,
     assert score.main(["--run-date", day2, "--as-of", day2, "--incremental", "--publish",
                        "--max-new-tokens", "6", *w]) == 0
     out = capsys.readouterr().out
-    assert "scored 1 users" in out and "942 carried over" in out and "published run" in out
+    assert "scored 1 users" in out and f"{SLICE_USERS - 1} carried over" in out and "published run" in out
     cols = ["user_id", "rank", "item_id", "score", "model_version"]
     before = _pub(wh, "recommendations")[cols].sort_values(cols[:2]).reset_index(drop=True)
     after = _pub(wh, "recommendations", day2)[cols].sort_values(cols[:2]).reset_index(drop=True)
@@ -123,7 +123,7 @@ def test_incremental_rescores_only_the_user_whose_history_changed(scored, spark,
 
 def test_unknown_user_gets_popularity_fallback(scored_copy, capsys):
     wh, _ = scored_copy
-    # Two users only: the audit against user_histories (943 users) refuses to publish the run.
+    # Two users only: the audit against user_histories (every user) refuses to publish the run.
     assert score.main(["--run-date", "1998-05-01", "--as-of", RUN, "--users", "196,no-such-user",
                        "--warehouse", str(wh), "--max-new-tokens", "6", "--top-k", "5",
                        "--publish"]) == 1
@@ -163,7 +163,8 @@ def test_model_index_mismatch_is_refused(scored_copy, tmp_path, capsys):
 
 def test_evaluate_writes_rankings_and_metrics_that_recompute(scored_copy):
     wh, _ = scored_copy
-    assert evaluate.main(["--split", "test", "--limit", "300", "--warehouse", str(wh),
+    n = 150  # of the slice's 200 test samples
+    assert evaluate.main(["--split", "test", "--limit", str(n), "--warehouse", str(wh),
                           "--max-new-tokens", "6"]) == 0
     ev = _t(wh, "evaluations")  # appended: this evaluation is the newest of its model/split
     ev = ev[(ev["split"] == "test") & (ev["evaluated_at"] == ev[ev["split"] == "test"]["evaluated_at"].max())]
@@ -175,10 +176,10 @@ def test_evaluate_writes_rankings_and_metrics_that_recompute(scored_copy):
     assert len(beyond) == 15 and set(beyond["k"]) == {5, 10, 20}
     cov = beyond[beyond["metric"] == "coverage"].set_index("k")["value"]
     ev = ev[ev["metric"].isin(["hit", "ndcg"])]
-    assert len(ev) == 6 and set(ev["k"]) == {5, 10, 20} and (ev["n_samples"] == 300).all()
+    assert len(ev) == 6 and set(ev["k"]) == {5, 10, 20} and (ev["n_samples"] == n).all()
     ranks = _t(wh, "eval_rankings")  # other tests may have ranked other splits and models
     ranks = ranks[(ranks["split"] == "test") & (ranks["model_version"] == ev["model_version"].iloc[0])]
-    assert len(ranks) == 300 * 20
+    assert len(ranks) == n * 20
     n_items = len(_t(wh, "items"))
     for k in (5, 10, 20):  # coverage@k: distinct items in the first k of every list / catalogue
         assert cov[k] == pytest.approx(ranks[ranks["rank"] <= k]["item_id"].nunique() / n_items)
