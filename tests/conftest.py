@@ -47,7 +47,10 @@ def pytest_collection_modifyitems(config, items) -> None:
     pytest-xdist (`-n 2 --dist loadscope`, what `make test` runs) a worker takes a module at a
     time in this order, so the long ones start at once instead of one of them ending the run on
     a single worker while the other waits (longest-first scheduling); a serial run only sees its
-    modules in another order, which no test may depend on."""
+    modules in another order, which no test may depend on. (Grouping the modules that share a
+    warehouse fixture onto one worker, `--dist loadgroup` with marks set here, would build each
+    fixture once per run, but pytest 9.2's node ids no longer carry pytest-xdist 3.8's group
+    suffix: pytest-xdist issue 1386.)"""
     modules: dict[str, list] = {}
     for item in items:
         modules.setdefault(item.nodeid.split("::")[0], []).append(item)
