@@ -121,11 +121,12 @@ run: setup data  ## the whole pipeline on ML-100k with the default model; prints
 	$(PY) -m r2ec_batch.jobs.report --warehouse $(WAREHOUSE) --html $(WAREHOUSE)/_reports/report-$(RUN_DATE).html
 
 # pytest-xdist workers for make test: one per core of the 2-core machines CI runs on.
-# Each worker has its own Spark session (R2EC_DRIVER_MEMORY, 2g in the suite) and takes a whole
-# module at a time (--dist loadscope: a module's fixtures are built once), longest modules first
-# (tests/conftest.py orders them). TEST_WORKERS=0 runs the suite in one process.
+# Each worker has its own Spark session (R2EC_DRIVER_MEMORY, 2g in the suite) and takes a unit
+# at a time: a module, or all the modules that share one costly warehouse fixture, so that each
+# is built once; longest first, in the order tests/scheduling.py gives (hence no reordering by
+# xdist). TEST_WORKERS=0 runs the suite in one process.
 TEST_WORKERS ?= 2
-PYTEST := $(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope)
+PYTEST := $(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 
 test: setup data jars-s3a dist-test smollm2-parts  ## run the test suite (the cluster tests use .jars/s3a and dist/)
 	$(PYTEST)

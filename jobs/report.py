@@ -11,6 +11,8 @@ deltalake (no Spark), the way an analyst's notebook would.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from r2ec_batch import storage
 from r2ec_batch.report_text import summary
@@ -40,5 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def exit_now(code: int) -> None:
+    """Leave without the interpreter's clean-up. The Delta reads run on Arrow's own threads,
+    which can still be releasing the table's file handler (Python objects) once the report is
+    written; one that does so while the interpreter shuts down aborts the process ("terminate
+    called without an active exception", exit 134): 1 run in 6 on 2 cores, none in 24 this way.
+    Everything is written and closed by now; only the standard streams need flushing."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_now(main())

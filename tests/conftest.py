@@ -31,31 +31,26 @@ def pytest_sessionstart(session) -> None:
     session.config.stash[SESSION_JVM] = jvm_startup.configure()
 
 
-def _module_weight(items) -> tuple[int, int]:
-    """How long a module is likely to take, from its marks: the cluster, then the DAGs end to
-    end, then modules by their number of slow tests, then the rest (smaller sorts first)."""
-    names = [{m.name for m in item.iter_markers()} for item in items]
-    if any("cluster" in n for n in names):
-        return (0, 0)
-    if any("airflow" in n and "slow" in n for n in names):
-        return (1, 0)
-    return (2, -sum("slow" in n for n in names))
+def pytest_configure(config) -> None:
+    """Units of tests for pytest-xdist's workers (tests/scheduling.py says why)."""
+    from tests import scheduling
+
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(scheduling.UnitScheduling(), "r2ec-unit-scheduling")
+        scheduling.choose_units_file(config)
+
+
+def pytest_unconfigure(config) -> None:
+    from tests import scheduling
+
+    scheduling.forget_units_file(config)
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """Longest modules first, each module's tests kept together and in their order. With
-    pytest-xdist (`-n 2 --dist loadscope`, what `make test` runs) a worker takes a module at a
-    time in this order, so the long ones start at once instead of one of them ending the run on
-    a single worker while the other waits (longest-first scheduling); a serial run only sees its
-    modules in another order, which no test may depend on. (Grouping the modules that share a
-    warehouse fixture onto one worker, `--dist loadgroup` with marks set here, would build each
-    fixture once per run, but pytest 9.2's node ids no longer carry pytest-xdist 3.8's group
-    suffix: pytest-xdist issue 1386.)"""
-    modules: dict[str, list] = {}
-    for item in items:
-        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
-    ordered = sorted(modules.values(), key=_module_weight)  # stable: equal weights keep file order
-    items[:] = [item for module in ordered for item in module]
+    """Longest units of tests first, each unit's modules together (tests/scheduling.py)."""
+    from tests import scheduling
+
+    scheduling.write_units(config, scheduling.order(items))
 
 
 def load_bench(name: str):

@@ -35,10 +35,13 @@ def airflow_env(tmp_path_factory) -> dict[str, str]:
     return env
 
 
-def _py(code: str, env: dict[str, str], timeout: int = 120) -> dict:
-    """Run Python in a subprocess; it prints one JSON object on its last stdout line."""
+def _py(code: str, env: dict[str, str], timeout: int = 120, log: Path | None = None) -> dict:
+    """Run Python in a subprocess; it prints one JSON object on its last stdout line. `log`:
+    keep everything it printed there (the task logs of a dag.test())."""
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
+    if log is not None:
+        log.write_text(f"{done.stdout}\n--- stderr ---\n{done.stderr}")
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-5000:])
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -187,7 +190,8 @@ def record_failure(context) -> None:
         f.write(json.dumps({"task_id": ti.task_id, "try_number": ti.try_number}) + "\n")
 
 
-def _run_nightly(env, data: Path, wh: Path, top_k: int = 5, only: str | None = None) -> dict:
+def _run_nightly(env, data: Path, wh: Path, top_k: int = 5, only: str | None = None,
+                 log: Path | None = None) -> dict:
     """dag.test() for 2026-01-02; `only`: run just that task (the others marked success). The
     warehouse and the input folder are deployment settings: Airflow Variables, here through
     the environment as a deployment would set them."""
@@ -202,8 +206,11 @@ def _run_nightly(env, data: Path, wh: Path, top_k: int = 5, only: str | None = N
         run = dag.test(logical_date=datetime(2026, 1, 2, tzinfo=timezone.utc),
                        run_conf={{"max_new_tokens": 4, "top_k": {top_k}}},
                        mark_success_pattern={skip!r})
-        states = {{ti.task_id: str(ti.state) for ti in run.get_task_instances()}}
-        print(json.dumps({{"state": str(run.state), "tasks": states}}))""", env, timeout=1500)
+        tis = run.get_task_instances()
+        states = {{ti.task_id: str(ti.state) for ti in tis}}
+        tries = {{ti.task_id: ti.try_number for ti in tis}}
+        print(json.dumps({{"state": str(run.state), "tasks": states, "tries": tries}}))""",
+               env, timeout=1500, log=log)
 
 
 @pytest.mark.slow
@@ -213,9 +220,12 @@ def test_nightly_dag_runs_end_to_end_and_a_failed_audit_changes_nothing(airflow_
     that fails its audit. Re-running a date is each job's own promise and is tested with the
     job (test_ingest, test_scoring): here it would cost one more full DAG run for nothing new."""
     data, wh = dag_warehouse
-    first = _run_nightly(airflow_env, data, wh)
+    log = wh.parent / "nightly.log"
+    first = _run_nightly(airflow_env, data, wh, log=log)
     assert first["state"].endswith("success"), first
     assert all(s.endswith("success") for s in first["tasks"].values()), first
+    # each task at its first try: a retry (5 minutes later) would hide a failure
+    assert set(first["tries"].values()) == {1}, (first, f"task logs: {log}")
 
     # the dates every job got: histories and the published run are for ds = 2026-01-02
     hist = DeltaTable(str(wh / "user_histories")).to_pandas()

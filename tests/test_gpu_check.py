@@ -29,6 +29,8 @@ def run_check(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, list[d
 def test_cpu_tiny_path_prints_every_row(tmp_path):
     proc, rows = run_check(tmp_path, "--device", "cpu", "--tiny", "--dtype", "bfloat16",
                            "--gradient-checkpointing", "--data", "synthetic",
+                           # two steps a stage: the second is timed (the first warms up)
+                           "--warmstart-steps", "2", "--recpo-steps", "2",
                            "--default-model", str(tmp_path / "no-model"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     by = {r["what"]: r for r in rows if r["what"] != "scoring, transformers"}
