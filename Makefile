@@ -48,8 +48,10 @@ help:  ## list the targets
 # uv installs the pinned packages (the same resolution as pip's from the same constraints):
 # it downloads in parallel and links files from its cache, so the second environment below
 # (.venv-dist) costs seconds; measured on 2 cores, .venv 1 min 54 s with pip, 35 s with uv.
+# --compile-bytecode as pip does: without it the node archive ships no .pyc, and every
+# executor's first import of torch or transformers compiles them again.
 UV_PIN := uv==0.13.9
-UV_INSTALL = $(BIN)/uv pip install -q --python
+UV_INSTALL = $(BIN)/uv pip install -q --compile-bytecode --python
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v java >/dev/null || { echo "error: Java 17+ is needed for Spark (apt-get install openjdk-17-jre-headless)"; exit 1; }
