@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -29,11 +30,15 @@ SHARED_FIXTURES = ("slice_warehouse", "ml_warehouse")
 UNITS_FILE = "R2EC_TEST_UNITS"
 
 
+def module_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
 def unit_of(module_items) -> str:
     """The first shared fixture a module's tests use (directly or through another fixture),
     else the module itself."""
     used = set().union(*(item.fixturenames for item in module_items))
-    return next((f for f in SHARED_FIXTURES if f in used), module_items[0].nodeid.split("::")[0])
+    return next((f for f in SHARED_FIXTURES if f in used), module_of(module_items[0].nodeid))
 
 
 def weight(unit_items) -> tuple[int, int]:
@@ -48,7 +53,7 @@ def order(items: list) -> dict[str, str]:
     """Reorder `items` in place, unit by unit, longest first; returns each module's unit."""
     modules: dict[str, list] = {}
     for item in items:
-        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+        modules.setdefault(module_of(item.nodeid), []).append(item)
     units: dict[str, list] = {}
     unit_by_module = {}
     for name, module_items in modules.items():
@@ -66,11 +71,10 @@ def choose_units_file(config: pytest.Config) -> None:
 
 
 def forget_units_file(config: pytest.Config) -> None:
-    """In the controller, at the end of the run: remove the file and its folder."""
+    """In the controller, at the end of the run: remove the folder (and a killed worker's part)."""
     path = os.environ.get(UNITS_FILE)
     if path and getattr(config, "workerinput", None) is None:
-        Path(path).unlink(missing_ok=True)
-        Path(path).parent.rmdir()
+        shutil.rmtree(Path(path).parent, ignore_errors=True)
 
 
 def write_units(config: pytest.Config, unit_by_module: dict[str, str]) -> None:
@@ -95,7 +99,7 @@ class UnitScheduling:
             units: dict[str, str] | None = None
 
             def _split_scope(self, nodeid: str) -> str:
-                module = nodeid.split("::", 1)[0]
+                module = module_of(nodeid)
                 if self.units is None:  # read once all workers have collected (and written)
                     path = Path(os.environ[UNITS_FILE])
                     self.units = json.loads(path.read_text()) if path.is_file() else {}
