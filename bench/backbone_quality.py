@@ -8,7 +8,7 @@ with greedy reasoning. Paired bootstrap intervals against the RecPO row, the two
 minutes (PNG), a reward-spread probe (what each known remedy does to collapsed groups), the
 RecPO step statistics (spread, flat groups, reasoning length) and three real rationales.
 
-    python bench/backbone_quality.py --out artifacts/backbone        # one CUDA GPU, <= ~7 min
+    python bench/backbone_quality.py --out artifacts/backbone        # one CUDA GPU
     python bench/backbone_quality.py --device cpu --tiny --out /tmp/b  # the same path on a CPU
 
 The weights: `--gguf FILE` if it is there and checks, else re-assembled (and checked) from the
@@ -17,6 +17,14 @@ without the `gguf` package. Runs from a bare checkout with torch, transformers, 
 accelerate, pandas, numpy and matplotlib: no Spark, Delta or FAISS (the protocol's samples
 come from `r2ec.protocol`, the top-k from exact scores, which is what the flat index computes).
 `--tiny`: 8 users, their items, a few steps of each stage, step budgets instead of minutes.
+
+Sizing (the first H200 run, 2026-12-04, with 1.5 + 1.0 + 1.0 training minutes and batches of
+256 for inference and 64 for validations, was cut off by its 505 s limit inside RecPO's first
+validation): GGUF load 30 s, SASRec 36 s, warm start 133 s, its continuation 112 s, the spread
+probe 50 s. Writing reasonings is bound by per-step overhead, not by the batch (64 ms a decode
+step at 1,024 sequences, 81 ms at 256; bench/decode_speed.py), so validations and the test pass
+now use the inference batch, refills are off, and the defaults are warm start 1.0, RecPO 1.0
+and SASRec 0.5 minutes: about 8 minutes by that run's figures, not yet measured end to end.
 """
 
 from __future__ import annotations
@@ -190,7 +198,7 @@ def main() -> None:  # noqa: C901 - one stage after another, in the table's orde
     p.add_argument("--parts", default=str(ROOT / "data/llm/parts"))
     p.add_argument("--data", default=str(ROOT / "data/raw/ml-100k"))
     p.add_argument("--out", default=str(ROOT / "artifacts/backbone-quality"))
-    p.add_argument("--warmstart-minutes", type=float, default=1.5,
+    p.add_argument("--warmstart-minutes", type=float, default=1.0,
                    help="training minutes of the warm start that RecPO starts from")
     p.add_argument("--recpo-minutes", type=float, default=1.0,
                    help="training minutes of RecPO; the w/o-reasoning row trains this much longer")
@@ -210,7 +218,10 @@ def main() -> None:  # noqa: C901 - one stage after another, in the table's orde
                    help="temperatures spread over a group ('' = all at --temperature)")
     p.add_argument("--top-k", type=int, default=50, help="rollout top-k (authors' launch: 50)")
     p.add_argument("--advantage", default="grpo", choices=["grpo", "rloo", "centered"])
-    p.add_argument("--refill-rounds", type=int, default=2, help="re-sampling of flat groups")
+    p.add_argument("--refill-rounds", type=int, default=0,
+                   help="re-sampling of flat groups; 0 by default: on the H200 run only 5%% of the "
+                        "RecPO start's groups were flat, and a refill round re-samples a whole "
+                        "batch, doubling a step's generation time to replace one or two groups")
     p.add_argument("--max-new-tokens", type=int, default=128, help="reasoning budget")
     p.add_argument("--eval-samples", type=int, default=1000, help="valid subset of each validation")
     p.add_argument("--eval-every", type=int, default=40, help="warm-start steps between validations")
@@ -219,7 +230,10 @@ def main() -> None:  # noqa: C901 - one stage after another, in the table's orde
     p.add_argument("--layers", type=int, default=0, help="keep the first N decoder layers "
                    "(0 = all 30; --tiny: 2)")
     p.add_argument("--test-limit", type=int, default=0, help="first N test samples (0 = all)")
-    p.add_argument("--batch-size", type=int, default=256, help="inference batch")
+    p.add_argument("--batch-size", type=int, default=1024,
+                   help="inference batch, validations included: one generate call writes a "
+                        "batch's reasonings in about the same time from 256 to 2,048 sequences "
+                        "on an H200 (bench/decode_speed.py), so fewer, larger calls")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -264,8 +278,8 @@ def main() -> None:  # noqa: C901 - one stage after another, in the table's orde
         item_sample=16 if a.tiny else a.item_sample,
         lr=a.ws_lr or (1e-4 if lora.enabled else 2e-5), schedule="constant",
         warmup_steps=1 if a.tiny else 10, eval_every=a.eval_every, eval_samples=a.eval_samples,
-        eval_reasoning=False, patience=0, save_every=10**9, seed=a.seed, mixed_precision=precision,
-        lora=lora, **tiny)
+        eval_reasoning=False, eval_batch_size=a.batch_size, patience=0, save_every=10**9,
+        seed=a.seed, mixed_precision=precision, lora=lora, **tiny)
     sampling = SamplingConfig(max_new_tokens=8 if a.tiny else a.max_new_tokens)
     rl_cfg = recpo.RecPOConfig(
         group_size=2 if a.tiny else a.group_size, temperature=a.temperature,
@@ -275,7 +289,7 @@ def main() -> None:  # noqa: C901 - one stage after another, in the table's orde
         users_per_step=2 if a.tiny else a.users_per_step, lr=a.rl_lr, schedule="constant",
         warmup_steps=1 if a.tiny else 4, max_minutes=0 if a.tiny else a.recpo_minutes,
         epochs=100, refresh_every=10**9, eval_every=a.rl_eval_every, eval_samples=a.eval_samples,
-        patience=0, save_every=10**9, seed=a.seed, mixed_precision=precision,
+        eval_batch_size=a.batch_size, patience=0, save_every=10**9, seed=a.seed, mixed_precision=precision,
         lora=LoraSettings(enabled=True), **({"max_steps": 1} if a.tiny else {}))
     table = Table(test, catalog)
     titles = dict(zip(catalog.ids, catalog.titles, strict=True))

@@ -192,7 +192,7 @@ def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_sampl
 
     def validate() -> dict:
         return evaluate_r2ec(r2ec, subset, catalog, True, cfg.eval_sampling,
-                             item_prompts=item_prompts).metrics
+                             batch_size=cfg.eval_batch_size, item_prompts=item_prompts).metrics
 
     return run_loop(r2ec, cfg, stage="recpo", out_dir=out_dir,
                     steps_per_epoch=order.steps_per_epoch, step_fn=step_fn, validate=validate,

@@ -105,9 +105,8 @@ def train(r2ec: R2ec, catalog: Catalog, train_samples: pd.DataFrame, valid_sampl
         return loss, info
 
     def validate() -> dict:
-        res = evaluate_r2ec(r2ec, subset, catalog, reasoning_eval,
-                            cfg.eval_sampling,
-                            item_prompts=item_prompts)
+        res = evaluate_r2ec(r2ec, subset, catalog, reasoning_eval, cfg.eval_sampling,
+                            batch_size=cfg.eval_batch_size, item_prompts=item_prompts)
         return res.metrics
 
     steps_per_epoch = max(1, round(len(windows) / (cfg.windows_per_step * order.world)))

@@ -100,3 +100,17 @@ def test_a_corrupt_part_stops_the_run_with_its_name(parts, tmp_path):
     assert proc.returncode != 0
     assert "part 2 of 2" in proc.stderr and "corrupt" in proc.stderr
     assert not (tmp_path / "out" / "backbone_quality.json").exists()
+
+
+def test_decode_speed_cpu_path_runs_every_sequence_to_the_budget(tmp_path):
+    """bench/decode_speed.py sizes the GPU run's batches: each row must have decoded the whole
+    budget (a sequence that stopped early would make a step look cheaper than it is)."""
+    out = tmp_path / "speed.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "decode_speed.py"), "--device",
+                           "cpu", "--layers", "1", "--prompt-tokens", "8", "--new-tokens", "5",
+                           "--batches", "2,3", "--caches", "dynamic", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["batch"], r["new_tokens"]) for r in rows] == [(2, 5), (3, 5)]
+    assert all(r["seconds"] > 0 and r["tokens_per_s"] > 0 for r in rows)

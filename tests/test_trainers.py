@@ -249,3 +249,28 @@ def test_resume_never_unpickles_and_refuses_an_altered_state(tiny_model_dir, tmp
     with pytest.raises(StateError, match="parent_version"):
         train_recpo(other, CATALOG, FIXED, FIXED, _rl_cfg(max_steps=3), out, resume=True,
                     progress=False)
+
+
+def test_validations_score_in_batches_of_eval_batch_size(tiny_model_dir, tmp_path, monkeypatch):
+    """Both stages' validations score (and, in RecPO, write reasonings) eval_batch_size samples
+    per call: on a GPU a generate call costs about the same from 64 to 1,024 sequences, so a
+    validation that ignored it ran 16 times as many calls as it needed."""
+    import r2ec.training as training
+
+    seen: list[int] = []
+    real = training.evaluate
+
+    def spy(scorer, samples, catalog, batch_size=256, **kw):
+        seen.append(batch_size)
+        return real(scorer, samples, catalog, batch_size=batch_size, **kw)
+
+    monkeypatch.setattr(training, "evaluate", spy)
+    train_warmstart(R2ec.load(tiny_model_dir, device="cpu"), CATALOG, SAMPLES, FIXED,
+                    _ws_cfg(max_steps=1, eval_every=1, eval_batch_size=5), tmp_path / "ws",
+                    progress=False)
+    assert seen and set(seen) == {5}
+    seen.clear()
+    train_recpo(R2ec.load(tiny_model_dir, device="cpu"), CATALOG, FIXED, FIXED,
+                _rl_cfg(max_steps=1, eval_every=1, eval_batch_size=3), tmp_path / "rl",
+                progress=False)
+    assert seen and set(seen) == {3}
