@@ -119,21 +119,16 @@ def start(spark: SparkSession, warehouse: str, run_date, variant: str, model_ver
 
 
 def finish(spark: SparkSession, warehouse: str, part: Part, first: dict, cost: Cost) -> None:
-    """Complete this part's ledger row with what it cost."""
-    _write(spark, warehouse, {**first, "run_id": part.run_id, "part": part.part,
-                              "started_at": part.started_at, "finished_at": _now(),
-                              **cost.row()})
+    """Complete this part's ledger row (appended by `start`) with what it cost."""
+    delta_io.update_row(spark, SCORING_RUNS, warehouse,
+                        key={"run_id": part.run_id, "part": part.part},
+                        values={**first, "started_at": part.started_at, "finished_at": _now(),
+                                **cost.row()})
 
 
 def _frame(spark: SparkSession, row: dict) -> DataFrame:
     full = {f.name: row.get(f.name) for f in SCORING_RUNS.schema.fields}
     return spark.createDataFrame([tuple(full.values())], SCORING_RUNS.schema)
-
-
-def _write(spark: SparkSession, warehouse: str, row: dict) -> None:
-    delta_io.merge_into(_frame(spark, row), SCORING_RUNS, warehouse,
-                        update_columns=[f.name for f in SCORING_RUNS.schema.fields
-                                        if f.name not in SCORING_RUNS.key])
 
 
 def _resume_point(spark: SparkSession, warehouse: str, run_date, variant: str, settings: dict,

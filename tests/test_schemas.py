@@ -57,6 +57,37 @@ def test_conform_refuses_nulls_and_duplicate_keys(spark):
         conform(dup, INTERACTIONS)
 
 
+def test_update_row_sets_one_row_and_writes_a_missing_one_whole(spark, tmp_path):
+    """delta_io.update_row: one UPDATE commit that changes only the keyed row; a row that is not
+    there is written whole; a key or a column the table lacks is refused before any commit."""
+    from deltalake import DeltaTable
+
+    from r2ec_batch import delta_io
+
+    rows = [("u1", "i", NOW, 4.0, "s", NOW, "f", 1), ("u2", "i", NOW, 3.0, "s", NOW, "f", 2)]
+    appended = int(delta_io.append(_df(spark, rows, COLS), INTERACTIONS, tmp_path)["version"])
+    key = {"user_id": "u2", "item_id": "i", "ts": NOW}
+    metrics = delta_io.update_row(spark, INTERACTIONS, tmp_path, key, {"rating": 5.0})
+    assert metrics["operation"] == "UPDATE" and int(metrics["version"]) == appended + 1
+    got = DeltaTable(str(tmp_path / "interactions")).to_pandas().set_index("user_id")
+    assert got.loc["u2", "rating"] == 5.0 and got.loc["u1", "rating"] == 4.0
+    assert got.loc["u2", "source_line"] == 2  # columns not named keep their values
+
+    whole = {"rating": 2.0, "source": "s", "ingested_at": NOW, "source_file": "g",
+             "source_line": 9}
+    delta_io.update_row(spark, INTERACTIONS, tmp_path, {**key, "user_id": "u3"}, whole)
+    got = DeltaTable(str(tmp_path / "interactions")).to_pandas().set_index("user_id")
+    assert len(got) == 3 and got.loc["u3", "source_file"] == "g"
+
+    with pytest.raises(SchemaMismatch, match="unknown column 'nope'"):
+        delta_io.update_row(spark, INTERACTIONS, tmp_path, key, {"nope": 1})
+    with pytest.raises(SchemaMismatch, match="null value.*'source'"):
+        delta_io.update_row(spark, INTERACTIONS, tmp_path, key, {"source": None})
+    with pytest.raises(ValueError, match="is not the table's key"):
+        delta_io.update_row(spark, INTERACTIONS, tmp_path, {"user_id": "u2"}, {"rating": 1.0})
+    assert DeltaTable(str(tmp_path / "interactions")).version() == appended + 2
+
+
 @pytest.mark.slow
 def test_jobs_creating_one_new_table_at_once_all_succeed(tmp_path):
     """The fine-tuning DAG's two evaluations may both be the first to write `evaluations`: two
