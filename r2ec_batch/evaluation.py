@@ -24,7 +24,12 @@ from r2ec.metrics import KS, metrics_from_ranks
 from r2ec_batch import artifacts, delta_io
 from r2ec_batch.artifacts import ModelRef
 from r2ec_batch.schemas import EVAL_RANKINGS, EVALUATIONS, ITEMS, TRAINING_SAMPLES
-from r2ec_batch.udfs.scoring import RECOMMEND_SCHEMA, ScoringSettings, recommend_udf
+from r2ec_batch.udfs.scoring import (
+    RECOMMEND_SCHEMA,
+    ScoringSettings,
+    model_partitions,
+    recommend_udf,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +109,7 @@ def evaluate(spark: SparkSession, req: EvalRequest, model: ModelRef) -> EvalResu
         model_location=model.location, model_version=version, index_location=idx, top_k=max(KS),
         reasoning=req.reasoning, samples=req.samples, sampling=req.sampling,
         backend=req.backend, device=req.device, key_column="sample_id")
-    parts = max(spark.sparkContext.defaultParallelism, n // 2000)
+    parts = model_partitions(n, spark.sparkContext.defaultParallelism, settings.chunk_size)
     ranked = (samples.repartition(parts).mapInPandas(recommend_udf(settings), RECOMMEND_SCHEMA)
               .withColumn("sample_id", F.col("key").cast("long")).drop("key").cache())
     rankings = ranked.select(

@@ -39,7 +39,12 @@ from r2ec_batch.schemas import (
     RECOMMENDATIONS,
     USER_HISTORIES,
 )
-from r2ec_batch.udfs.scoring import RECOMMEND_SCHEMA, ScoringSettings, recommend_udf
+from r2ec_batch.udfs.scoring import (
+    RECOMMEND_SCHEMA,
+    ScoringSettings,
+    model_partitions,
+    recommend_udf,
+)
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +226,9 @@ def score_run(spark: SparkSession, req: ScoreRequest, model: ModelRef,
             F.pmod(F.xxhash64("user_id"), F.lit(slices)) == s)
         n = todo.count() if slices > 1 else n_users
         start = time.time()
-        scored = todo.repartition(max(spark.sparkContext.defaultParallelism, n // 2000)) \
-            .mapInPandas(recommend_udf(settings), RECOMMEND_SCHEMA).cache()
+        parts = model_partitions(n, spark.sparkContext.defaultParallelism, req.chunk_size)
+        scored = todo.repartition(parts).mapInPandas(recommend_udf(settings),
+                                                     RECOMMEND_SCHEMA).cache()
         scored.count()
         cost.wall_seconds_score += time.time() - start
         cost.add_slice(scored)

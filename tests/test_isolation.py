@@ -88,3 +88,13 @@ def test_describe_is_short_and_printable():
     assert describe(KeyError()) == "KeyError"
     assert is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"))
     assert not is_out_of_memory(RuntimeError("index out of range"))
+
+
+def test_a_model_partition_gets_at_least_one_batch_and_at_most_rows_per_task():
+    from r2ec_batch.udfs.scoring import ROWS_PER_TASK, model_partitions
+
+    assert model_partitions(4, parallelism=2, chunk_size=64) == 1  # one model load, not two
+    assert model_partitions(0, parallelism=8, chunk_size=64) == 1
+    assert model_partitions(200, parallelism=2, chunk_size=64) == 2
+    assert model_partitions(200, parallelism=16, chunk_size=64) == 4  # one batch each at least
+    assert model_partitions(10 * ROWS_PER_TASK, parallelism=2, chunk_size=64) == 10

@@ -194,6 +194,20 @@ def embed_partition(batches: Iterator[pd.DataFrame], model_location: str, model_
                                 "embedding": [v.astype("float32") for v in vectors]})
 
 
+# Rows per Spark task once there are many: a lost task (an executor gone) costs a re-run of
+# this many rows, not of a whole partition per core.
+ROWS_PER_TASK = 2000
+
+
+def model_partitions(n_rows: int, parallelism: int, chunk_size: int) -> int:
+    """How many partitions a model UDF runs over `n_rows` in. Each partition's Python worker
+    loads the model (seconds for a small one, a minute for a large one), so none is given less
+    than one model batch (`chunk_size` rows): one per core (`parallelism`) while there is a
+    batch for each, then one per ROWS_PER_TASK rows. 40 users -> 1 partition, not one model
+    load per core for a few users each."""
+    return max(1, min(parallelism, -(-n_rows // chunk_size)), n_rows // ROWS_PER_TASK)
+
+
 def recommend_udf(settings: ScoringSettings):
     return functools.partial(recommend_partition, settings=settings)
 
