@@ -115,5 +115,3 @@ def _quarantine_rows(rows: DataFrame, source: str, now: datetime) -> DataFrame:
         # the original bytes, whole up to 1 MB (a longer line is refused for its length)
         "action", F.substring("raw_hex", 1, 2 * sources.MAX_LINE_CHARS).alias("raw_bytes_hex"),
     )
-
-
