@@ -23,7 +23,8 @@ not choose which checkout runs, which folders are read, or which code is importe
 | `r2ec_config` | `<repo>/configs/default-model-2026-11-26.json` | the frozen RecPO settings |
 | `r2ec_failure_callback` | none | see below |
 
-Tasks run `bin/r2ec-submit jobs/<job>.py` through `submit()`: the command is a fixed string made
+Tasks run `bin/r2ec-submit jobs/<job>.py` through `submit()` (`bin/r2ec-python` for a job that
+needs no Spark: no JVM to start for it): the command is a fixed string made
 of this folder's own literals, and every templated value (dates, Params, Variables) reaches the
 job as one environment variable that the command expands inside double quotes ("$R2EC_MODEL"),
 so no value is ever parsed as shell code. Per-run conf is limited to Params with a type and
@@ -87,16 +88,19 @@ def model_path(param: str = "params.model") -> str:
     return f"{{{{ {param} if {param} == 'champion' else {models} ~ '/' ~ {param} }}}}"
 
 
-def submit(task_id: str, job: str, args: Sequence[str | tuple[str, str]] = (), **kw) -> BashOperator:
+def submit(task_id: str, job: str, args: Sequence[str | tuple[str, str]] = (),
+           spark: bool = True, **kw) -> BashOperator:
     """A task running `bin/r2ec-submit jobs/<job>.py ARGS --warehouse W` from the `r2ec_repo`
-    checkout. `args` are bare flags or (flag, template) pairs; each template is rendered into its
-    own environment variable, and the fixed command expands it in double quotes, so a value is
+    checkout (`spark=False`: `bin/r2ec-python`, for a job that reads Delta without Spark).
+    `args` are bare flags or (flag, template) pairs; each template is rendered into its own
+    environment variable, and the fixed command expands it in double quotes, so a value is
     always exactly one argument of the job and never shell code."""
     if not _JOB.match(job):
         raise ValueError(f"bad job name {job!r}")
     env = {"R2EC_REPO": var("r2ec_repo"), "R2EC_WAREHOUSE": var("r2ec_warehouse")}
-    words = ['cd "$R2EC_REPO" && exec bin/r2ec-submit --conf spark.ui.showConsoleProgress=false',
-             f"jobs/{job}.py"]
+    launcher = ("bin/r2ec-submit --conf spark.ui.showConsoleProgress=false" if spark
+                else "bin/r2ec-python")
+    words = [f'cd "$R2EC_REPO" && exec {launcher}', f"jobs/{job}.py"]
     for arg in args:
         flag, value = (arg, None) if isinstance(arg, str) else arg
         if not _FLAG.match(flag):

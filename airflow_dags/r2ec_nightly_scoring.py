@@ -34,7 +34,8 @@ The heavy tasks (embed, score) queue in the pool `r2ec_gpu` (create it once:
 DAG, so training and scoring never fight over a GPU. A failed task logs one structured line and
 calls the function named by the Variable `r2ec_failure_callback` if set (see `r2ec_airflow.py`).
 
-Tasks call the jobs through `bin/r2ec-submit`, the same wrapper a person uses by hand: it carries
+Tasks call the jobs through `bin/r2ec-submit` (the report, which needs no Spark, through
+`bin/r2ec-python`), the same wrappers a person uses by hand: `bin/r2ec-submit` carries
 the Delta jars, the project's venv and Spark's log settings, so a task and a manual run behave
 identically (the Spark provider's SparkSubmitOperator would need all of that repeated in a
 connection, and its provider >= 6 replaces full pyspark in a shared venv). No value of conf,
@@ -105,5 +106,6 @@ with DAG(
         "report", "report",
         [("--run-date", "{{ ds }}"), ("--variant", "{{ params.variant }}"),
          ("--html", var("r2ec_warehouse") + "/_reports/{{ ds }}-{{ params.variant }}.html")],
+        spark=False,  # it reads Delta with deltalake: no JVM to start for it
         doc_md="The HTML report of the published run, under `<warehouse>/_reports/`.")
     ingest >> histories >> embed >> score >> publish >> report

@@ -4,8 +4,8 @@ report (plots of accuracy over time, list and input health, three example users;
 `r2ec_batch/report_html.py`; the text is `r2ec_batch/report_text.py`). Reads Delta with
 deltalake (no Spark), the way an analyst's notebook would.
 
-    .venv/bin/python jobs/report.py --warehouse warehouse
-    .venv/bin/python jobs/report.py --warehouse warehouse --html warehouse/_reports/latest.html
+    bin/r2ec-python jobs/report.py --warehouse warehouse
+    bin/r2ec-python jobs/report.py --warehouse warehouse --html warehouse/_reports/latest.html
 """
 
 from __future__ import annotations

@@ -95,6 +95,9 @@ def test_graphs_schedules_retries_and_templates(airflow_env):
     assert t["build_histories"]["up"] == ["ingest"] and t["embed_items"]["up"] == ["build_histories"]
     assert t["score"]["up"] == ["embed_items"] and t["publish"]["up"] == ["score"]
     assert t["report"]["up"] == ["publish"] and '--html "$R2EC_HTML"' in t["report"]["cmd"]
+    # the report reads Delta with deltalake: its task starts no JVM; every other task submits
+    assert "exec bin/r2ec-python jobs/report.py" in t["report"]["cmd"]
+    assert all("exec bin/r2ec-submit --conf" in x["cmd"] for k, x in t.items() if k != "report")
     assert t["report"]["env"]["R2EC_HTML"].endswith("/_reports/{{ ds }}-{{ params.variant }}.html")
     assert all(x["retries"] == 2 and x["delay"] == 300 for k, x in t.items() if k != "publish")
     assert t["publish"]["retries"] == 0  # a failed audit is not retried
@@ -119,7 +122,7 @@ def test_graphs_schedules_retries_and_templates(airflow_env):
     # No template in any command: every value reaches its job through one quoted variable.
     every = {**t, **u, **reembed["tasks"]}
     for k, x in every.items():
-        assert "{{" not in x["cmd"] and x["cmd"].startswith('cd "$R2EC_REPO" && exec bin/r2ec-submit'), k
+        assert "{{" not in x["cmd"] and x["cmd"].startswith('cd "$R2EC_REPO" && exec bin/r2ec-'), k
         assert x["cmd"].endswith('--warehouse "$R2EC_WAREHOUSE"'), k
         assert all(f'"${name}"' in x["cmd"] for name in x["env"]), k
 
@@ -269,7 +272,8 @@ def test_conf_and_variables_never_reach_a_shell(airflow_env, tmp_path):
     """Airflow's own Param validation and renderer, then each task run for real by dag.test():
     a malicious conf is refused before anything runs; a Variable holding shell syntax (what an
     older DAG pasted into its bash_command) reaches the job as one literal argument. A stub
-    `bin/r2ec-submit` in a checkout named by `r2ec_repo` records what each job was given."""
+    `bin/r2ec-submit` (and `bin/r2ec-python`) in a checkout named by `r2ec_repo` records what
+    each job was given."""
     marker = tmp_path / "pwned"
     attack = f"/tmp/wh; touch {marker} #"
     # the control: pasted into a shell command, as the old DAGs did, the value runs
@@ -279,9 +283,10 @@ def test_conf_and_variables_never_reach_a_shell(airflow_env, tmp_path):
 
     repo = tmp_path / "checkout"
     (repo / "bin").mkdir(parents=True)
-    stub = repo / "bin" / "r2ec-submit"
-    stub.write_text(STUB.format(python=sys.executable))
-    stub.chmod(0o755)
+    for launcher in ("r2ec-submit", "r2ec-python"):
+        stub = repo / "bin" / launcher
+        stub.write_text(STUB.format(python=sys.executable))
+        stub.chmod(0o755)
     argv = tmp_path / "argv.jsonl"
     env = {**airflow_env, "R2EC_TEST_ARGV": str(argv), "AIRFLOW_VAR_R2EC_REPO": str(repo),
            "AIRFLOW_VAR_R2EC_WAREHOUSE": attack,
@@ -312,7 +317,8 @@ def test_conf_and_variables_never_reach_a_shell(airflow_env, tmp_path):
         """, env, timeout=300)
     assert set(got["refused"].values()) == {"ParamValidationError"}, got["refused"]
     assert got["state"].endswith("success"), got
-    calls = {c[2]: c for c in map(json.loads, argv.read_text().splitlines())}
+    calls = {next(a for a in c if a.endswith(".py")): c
+             for c in map(json.loads, argv.read_text().splitlines())}
     assert set(calls) == {"jobs/ingest.py", "jobs/build_histories.py", "jobs/embed_items.py",
                           "jobs/score.py", "jobs/publish.py", "jobs/report.py"}
     for call in calls.values():
