@@ -128,17 +128,21 @@ def test_tables_of_the_older_layout_are_migrated_and_stay_visible(spark, tmp_pat
     assert parts == ["run_date", "variant"]
 
 
-def test_two_evaluations_in_parallel_both_land(scored, spark, tmp_path):
+def test_two_evaluations_in_parallel_both_land(scored, spark, tmp_path, monkeypatch):
     """The fine-tuning DAG evaluates candidate and champion at the same time: evaluations are
-    appended (no MERGE to conflict), and every evaluation keeps its own rows. Both processes'
-    `evaluations` writes are held open (R2EC_FAULT_HOLD_WRITE) until both have started, then
-    released together; the table's log must show that the transactions overlapped: the second
-    commit was made from the snapshot both started from."""
+    appended (no MERGE to conflict), and every evaluation keeps its own rows. Two processes, each
+    with its own JVM: a submitted job, and this test's session in a thread. Both `evaluations`
+    writes are held open (R2EC_FAULT_HOLD_WRITE) until both have started, then released
+    together; the table's log must show that the transactions overlapped: the second commit was
+    made from the snapshot both started from. (A second submitted job would race the same way
+    and cost one more JVM start.)"""
+    import logging
     import os
     import shutil
     import threading
 
     from r2ec_batch import delta_io
+    from r2ec_batch.jobs import evaluate
     from r2ec_batch.schemas import EVALUATIONS
 
     wh = tmp_path / "wh"
@@ -147,35 +151,54 @@ def test_two_evaluations_in_parallel_both_land(scored, spark, tmp_path):
     table, hold = wh / "evaluations", tmp_path / "hold"
     before, start = DeltaTable(str(table)).to_pandas(), DeltaTable(str(table)).version()
     hold.touch()
-    env = {**os.environ, "R2EC_FAULT_HOLD_WRITE": f"evaluations:{hold}"}
-    splits = ("valid", "test")
-    procs = [subprocess.Popen([str(REPO / "bin" / "r2ec-submit"), "jobs/evaluate.py", "--split",
-                               split, "--limit", "40", "--max-new-tokens", "4", "--warehouse",
-                               str(wh)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for split in splits]
-    outs, held = [[], []], [threading.Event(), threading.Event()]
+    monkeypatch.setenv("R2EC_FAULT_HOLD_WRITE", f"evaluations:{hold}")
 
-    def read(k: int) -> None:
-        for line in procs[k].stdout:
-            outs[k].append(line)
+    def args(split: str) -> list[str]:
+        return ["--split", split, "--limit", "40", "--max-new-tokens", "4", "--warehouse", str(wh)]
+
+    child = subprocess.Popen([str(REPO / "bin" / "r2ec-submit"), "jobs/evaluate.py",
+                              *args("valid")], cwd=REPO, env=dict(os.environ),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, held = [], [threading.Event(), threading.Event()]
+
+    def read() -> None:
+        for line in child.stdout:
+            out.append(line)
             if "holding the write of evaluations" in line:
-                held[k].set()
+                held[0].set()
 
-    readers = [threading.Thread(target=read, args=(k,), daemon=True) for k in (0, 1)]
-    for r in readers:
-        r.start()
+    class Held(logging.Handler):  # this process's evaluation says the same through logging
+        def emit(self, record: logging.LogRecord) -> None:
+            if "holding the write of" in record.getMessage():
+                held[1].set()
+
+    here: dict[str, object] = {}
+
+    def evaluate_here() -> None:
+        try:
+            here["rc"] = evaluate.main(args("test"))
+        except BaseException as e:  # noqa: BLE001 - reported by the assert below
+            here["error"] = e
+
+    handler = Held()
+    logging.getLogger("r2ec_batch.delta_io").addHandler(handler)
+    threads = [threading.Thread(target=read, daemon=True),
+               threading.Thread(target=evaluate_here, daemon=True)]
+    for t in threads:
+        t.start()
     try:
         both = all(h.wait(timeout=600) for h in held)
         if both:
             time.sleep(3)  # each has read its snapshot and is writing its files
     finally:
         hold.unlink()
-    for p, r in zip(procs, readers, strict=True):
-        p.wait(timeout=600)
-        r.join(timeout=60)
-    for split, p, out in zip(splits, procs, outs, strict=True):
-        if p.returncode:  # pytest.fail: the whole tail, where an assert message is cut short
-            pytest.fail(f"evaluate --split {split} exited {p.returncode}:\n{''.join(out)[-6000:]}")
+        logging.getLogger("r2ec_batch.delta_io").removeHandler(handler)
+    child.wait(timeout=600)
+    for t in threads:
+        t.join(timeout=600)
+    if child.returncode:  # pytest.fail: the whole tail, where an assert message is cut short
+        pytest.fail(f"evaluate --split valid exited {child.returncode}:\n{''.join(out)[-6000:]}")
+    assert here == {"rc": 0}, here
     assert both, "an evaluation never reached its evaluations write"
     ev = DeltaTable(str(table)).to_pandas()
     new = ev[~ev["evaluated_at"].isin(set(before["evaluated_at"]))]
