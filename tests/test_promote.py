@@ -164,25 +164,49 @@ def test_champion_is_a_version_not_a_folder(spark, wh, tiny_model_dir, tmp_path)
 
 
 @pytest.mark.slow
-def test_concurrent_promotions_leave_exactly_one_champion(spark, wh, tiny_model_dir, tmp_path):
-    """Two promotion processes at once, each MERGE slowed down so that both read the registry
-    before either commits: one of them must meet the other's commit (the log says so) and the
-    table ends with one champion, the last to commit, and the old one retired."""
+def test_concurrent_promotions_leave_exactly_one_champion(spark, wh, tiny_model_dir, tmp_path,
+                                                         monkeypatch, caplog):
+    """Two promotions at once in two processes (two JVMs and Delta clients): one in a child
+    process, one in this test's session once the child's MERGE is under way, each MERGE slowed
+    down so that both read the registry before either commits: the later one must meet the
+    other's commit (the log says so) and the table ends with one champion, the last to commit,
+    and the old one retired. (Two children race the same way at one more JVM start.)"""
+    import logging
     import os
     import subprocess
     import sys
+    import threading
 
     from tests.conftest import REPO
 
     (mx, dx), (ma, da), (mb, db) = (_model(tiny_model_dir, tmp_path, n, b)
                                     for n, b in (("x", 0.0), ("a", 1e-3), ("b", 2e-3)))
     registry.register(spark, wh, mx, dx, "champion")
-    env = {**os.environ, "R2EC_FAULT_SLOW_WRITE_S": "15", "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen([sys.executable, str(REPO / "tests" / "promote_child.py"), str(wh),
-                               str(d)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for d in (da, db)]
-    logs = [p.communicate(timeout=600)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), [x[-3000:] for x in logs]
+    monkeypatch.setenv("R2EC_FAULT_SLOW_WRITE_S", "15")
+    child = subprocess.Popen([sys.executable, str(REPO / "tests" / "promote_child.py"), str(wh),
+                              str(da)], env={**os.environ, "PYTHONPATH": str(REPO)},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    here: dict[str, object] = {}
+
+    def promote_here() -> None:
+        try:
+            registry.register(spark, wh, mb, db, "champion")
+            here["ok"] = True
+        except BaseException as e:  # noqa: BLE001 - reported by the assert below
+            here["error"] = e
+
+    mine = threading.Thread(target=promote_here, daemon=True)
+    out = []
+    with caplog.at_level(logging.WARNING, logger="r2ec_batch.delta_io"):
+        for line in child.stdout:  # the child has read the registry once its MERGE is slowed
+            out.append(line)
+            if "slowing this write down on purpose" in line and not mine.is_alive():
+                mine.start()
+        child.wait(timeout=600)
+        mine.join(timeout=600)
+    logs = ["".join(out), caplog.text]
+    assert child.returncode == 0, logs[0][-3000:]
+    assert here == {"ok": True}, here
     assert sum("concurrent Delta commit conflicted" in x for x in logs) >= 1, \
         "no overlap: the test did not race the two promotions"
     status = _status(wh)
