@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from datetime import date
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType, StringType, TimestampType
@@ -182,6 +183,18 @@ def list_settings(req: ScoreRequest, version: str, histories_version: int) -> di
             "users": list(req.users) if req.users is not None else None}
 
 
+def snapshot(spark: SparkSession, df: DataFrame) -> DataFrame:
+    """`df` computed once and kept without its lineage, so that the run's own commits (its
+    slices' rationales, which a resume reads) cannot change it between slices. On a cluster it
+    is kept in two copies on two executors: a local checkpoint has no lineage to recompute a
+    lost block from, so with one copy the loss of the executor that held it failed the run
+    (a scoring stage retried after the loss reads the snapshot again: seen when a worker was
+    killed mid-scoring). Local mode has one block manager, hence one copy."""
+    local = spark.sparkContext.master.startswith("local")
+    level = StorageLevel.MEMORY_AND_DISK if local else StorageLevel.MEMORY_AND_DISK_2
+    return df.localCheckpoint(eager=True, storageLevel=level)
+
+
 def score_run(spark: SparkSession, req: ScoreRequest, model: ModelRef,
               index_location: str) -> RunWritten:
     """Score the request's users with `model` and its index; append the run (unpublished), in
@@ -215,7 +228,7 @@ def score_run(spark: SparkSession, req: ScoreRequest, model: ModelRef,
         chunk_size=req.chunk_size, max_batch_tokens=req.max_batch_tokens, popular=popular,
         blocked=tuple(sorted(blocked)),
         exclude_column="seen_item_ids" if req.exclude_seen == "all" else None)
-    hist = hist.localCheckpoint()  # one snapshot of who is to be scored, for every slice
+    hist = snapshot(spark, hist)  # one snapshot of who is to be scored, for every slice
     n_users = hist.count()
     cost = scoring_runs.Cost(users_carried=carried.count() if carried is not None else 0,
                              wall_seconds_read=time.time() - t0)
